@@ -4,3 +4,4 @@
 //! (`ring`, `clock`) has no I/O so it can be property-tested and simulated.
 
 pub mod ring;
+pub mod clock;
