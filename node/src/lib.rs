@@ -5,3 +5,5 @@
 
 pub mod ring;
 pub mod clock;
+pub mod antientropy;
+pub mod storage;

@@ -1,0 +1,3 @@
+//! Merkle-tree anti-entropy: per-partition trees maintained on every write ([`tree`]).
+
+pub mod tree;

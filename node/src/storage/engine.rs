@@ -1,0 +1,201 @@
+//! The seam between the store and the embedded engine: a few keyspaces with point reads,
+//! range scans and atomic write batches. [`FjallEngine`] is the production engine;
+//! [`MemoryEngine`] backs the deterministic simulation, where it outlives simulated
+//! crashes the way a disk does.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use super::StorageError;
+
+/// The engine's keyspaces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Space {
+    /// Key records: `partition (u16 BE) ++ user key`.
+    Data,
+    /// Hinted writes held for an unreachable member.
+    Hints,
+    /// The member's own metadata: identity, generation, ring, sequence, Merkle trees.
+    Meta,
+}
+
+impl Space {
+    pub const ALL: [Space; 3] = [Space::Data, Space::Hints, Space::Meta];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Space::Data => "data",
+            Space::Hints => "hints",
+            Space::Meta => "meta",
+        }
+    }
+}
+
+/// One change in an atomic batch: `value: None` removes the key.
+#[derive(Clone, Debug)]
+pub struct BatchOp {
+    pub space: Space,
+    pub key: Vec<u8>,
+    pub value: Option<Vec<u8>>,
+}
+
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
+pub trait Engine: Send + Sync + 'static {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
+    /// Applies all ops atomically; with `sync` the batch is on stable storage on return.
+    fn write(&self, ops: &[BatchOp], sync: bool) -> Result<(), StorageError>;
+    /// Up to `limit` entries with `start <= key < end` (no end: to the keyspace's end).
+    fn scan(&self, space: Space, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<KeyValue>, StorageError>;
+    /// Makes every earlier write durable.
+    fn sync(&self) -> Result<(), StorageError>;
+    /// Whether calls may block on disk I/O (then the store keeps them off async tasks).
+    fn blocking(&self) -> bool;
+    /// Bytes on disk (or held in memory), approximately.
+    fn size_bytes(&self) -> u64;
+}
+
+/// fjall: an LSM tree with a write-ahead journal; one keyspace per [`Space`]. Every batch
+/// reaches the OS before `write` returns (a killed process loses nothing); `sync` batches
+/// are also fsynced (a lost machine loses nothing).
+pub struct FjallEngine {
+    db: fjall::Database,
+    spaces: Vec<fjall::Keyspace>,
+}
+
+fn engine_err(e: fjall::Error) -> StorageError {
+    StorageError::Engine(e.to_string())
+}
+
+impl FjallEngine {
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<FjallEngine, StorageError> {
+        std::fs::create_dir_all(dir).map_err(|e| StorageError::Engine(format!("create {}: {e}", dir.display())))?;
+        let db = fjall::Database::builder(dir.join("engine"))
+            .cache_size(cache_bytes)
+            .open()
+            .map_err(engine_err)?;
+        let mut spaces = Vec::new();
+        for s in Space::ALL {
+            spaces.push(db.keyspace(s.name(), fjall::KeyspaceCreateOptions::default).map_err(engine_err)?);
+        }
+        Ok(FjallEngine { db, spaces })
+    }
+
+    fn ks(&self, s: Space) -> &fjall::Keyspace {
+        &self.spaces[s as usize]
+    }
+}
+
+impl Engine for FjallEngine {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.ks(space).get(key).map_err(engine_err)?.map(|v| v.to_vec()))
+    }
+
+    fn write(&self, ops: &[BatchOp], sync: bool) -> Result<(), StorageError> {
+        let mut batch = self.db.batch();
+        if sync {
+            batch = batch.durability(Some(fjall::PersistMode::SyncAll));
+        }
+        for op in ops {
+            match &op.value {
+                Some(v) => batch.insert(self.ks(op.space), op.key.as_slice(), v.as_slice()),
+                None => batch.remove(self.ks(op.space), op.key.as_slice()),
+            }
+        }
+        batch.commit().map_err(engine_err)
+    }
+
+    fn scan(&self, space: Space, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<KeyValue>, StorageError> {
+        let range: (Bound<&[u8]>, Bound<&[u8]>) = (Bound::Included(start), end.map_or(Bound::Unbounded, Bound::Excluded));
+        let mut out = Vec::new();
+        for guard in self.ks(space).range::<&[u8], _>(range) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = guard.into_inner().map_err(engine_err)?;
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn sync(&self) -> Result<(), StorageError> {
+        self.db.persist(fjall::PersistMode::SyncAll).map_err(engine_err)
+    }
+
+    fn blocking(&self) -> bool {
+        true
+    }
+
+    fn size_bytes(&self) -> u64 {
+        self.db.disk_space().unwrap_or(0)
+    }
+}
+
+type SpaceMap = BTreeMap<Vec<u8>, Vec<u8>>;
+
+/// An in-memory engine. Clones share the same data, so a simulated member can "crash" and
+/// reopen the same disk. Every write is immediately durable.
+#[derive(Clone, Default)]
+pub struct MemoryEngine {
+    spaces: Arc<Mutex<[SpaceMap; 3]>>,
+}
+
+impl MemoryEngine {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Loses everything, as a replaced disk would.
+    pub fn wipe(&self) {
+        *self.spaces.lock() = Default::default();
+    }
+}
+
+impl Engine for MemoryEngine {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.spaces.lock()[space as usize].get(key).cloned())
+    }
+
+    fn write(&self, ops: &[BatchOp], _sync: bool) -> Result<(), StorageError> {
+        let mut spaces = self.spaces.lock();
+        for op in ops {
+            let map = &mut spaces[op.space as usize];
+            match &op.value {
+                Some(v) => {
+                    map.insert(op.key.clone(), v.clone());
+                }
+                None => {
+                    map.remove(&op.key);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn scan(&self, space: Space, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<KeyValue>, StorageError> {
+        let spaces = self.spaces.lock();
+        let range: (Bound<&[u8]>, Bound<&[u8]>) = (Bound::Included(start), end.map_or(Bound::Unbounded, Bound::Excluded));
+        Ok(spaces[space as usize]
+            .range::<[u8], _>(range)
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    fn sync(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
+
+    fn blocking(&self) -> bool {
+        false
+    }
+
+    fn size_bytes(&self) -> u64 {
+        let spaces = self.spaces.lock();
+        spaces.iter().flat_map(|m| m.iter()).map(|(k, v)| (k.len() + v.len()) as u64).sum()
+    }
+}

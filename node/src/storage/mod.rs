@@ -1,0 +1,716 @@
+//! Durable storage of key records, hints and member metadata.
+//!
+//! Every mutation goes through one writer task that reads the current record, computes the
+//! new one (a coordinated write, a replica merge, a reap), and commits a whole batch of
+//! such mutations at once: in `fsync` mode one fsync covers the batch (group commit), and a
+//! caller is answered only after its batch is durable. Serialising read-modify-write in
+//! one place means no two writes to a key can interleave, without per-key locks. The
+//! writer also keeps the partitions' Merkle trees in step with every committed change.
+//!
+//! Key layout: data keys are `partition (u16 BE) ++ user key`, so a partition is one key
+//! range (moving or dropping a partition never scans others); hint keys are
+//! `target id length (u8) ++ target id ++ partition (u16 BE) ++ user key`.
+
+pub mod engine;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::antientropy::tree::{MerkleForest, MerkleTree};
+use crate::clock::{ActorId, ConflictMode, Object, VersionVector, WriteRequest};
+use crate::ring::{MemberId, PartitionId, key_hash};
+pub use engine::{BatchOp, Engine, FjallEngine, MemoryEngine, Space};
+
+const RECORD_FORMAT_VERSION: u8 = 1;
+/// Most mutations committed in one batch.
+const MAX_BATCH: usize = 512;
+const WRITE_QUEUE: usize = 4096;
+
+const META_SEQUENCE: &[u8] = b"sequence";
+const META_CLEAN: &[u8] = b"clean-shutdown";
+const META_MERKLE_PREFIX: &[u8] = b"merkle/";
+
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum StorageError {
+    #[error("storage engine error: {0}")]
+    Engine(String),
+    #[error("corrupt record under key {key:?}: {reason}")]
+    Corrupt { key: String, reason: String },
+    #[error("the store is shut down")]
+    Closed,
+    #[error("key has {count} siblings, more than the limit of {max}; resolve them by writing with the merged context")]
+    TooManySiblings { count: usize, max: usize },
+    #[error("the partition count is not known yet (the member has no ring)")]
+    NotReady,
+}
+
+/// When writes reach stable storage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// A write is acknowledged only after it is fsynced (batched: group commit).
+    #[default]
+    Fsync,
+    /// Writes reach the OS at once and are fsynced every `sync_interval`: a killed
+    /// process loses nothing, a lost machine loses up to one interval.
+    Periodic,
+}
+
+impl std::str::FromStr for Durability {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "fsync" => Ok(Durability::Fsync),
+            "periodic" => Ok(Durability::Periodic),
+            other => Err(format!("unknown durability {other:?} (expected fsync or periodic)")),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    pub durability: Durability,
+    pub sync_interval: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig { durability: Durability::Fsync, sync_interval: Duration::from_secs(1) }
+    }
+}
+
+/// A write coordinated by this member.
+#[derive(Clone, Debug)]
+pub struct CoordinatedWrite {
+    pub actor: ActorId,
+    pub context: VersionVector,
+    /// `None` writes a tombstone.
+    pub value: Option<Bytes>,
+    pub timestamp_ms: u64,
+    pub mode: ConflictMode,
+    pub max_siblings: usize,
+}
+
+/// Result of merging a replica's object into the local record.
+#[derive(Clone, Debug)]
+pub struct MergeOutcome {
+    pub object: Object,
+    pub changed: bool,
+}
+
+/// A hinted write held for `target`.
+#[derive(Clone, Debug)]
+pub struct Hint {
+    pub target: MemberId,
+    pub partition: PartitionId,
+    pub key: Bytes,
+    pub object: Object,
+}
+
+enum Op {
+    Coordinate { partition: PartitionId, key: Bytes, write: CoordinatedWrite },
+    Merge { partition: PartitionId, key: Bytes, incoming: Object, mode: ConflictMode },
+    Reap { partition: PartitionId, key: Bytes, expected_digest: u64 },
+    RemoveKeys { partition: PartitionId, keys: Vec<Bytes> },
+    HintMerge { hint: Hint, mode: ConflictMode },
+    HintRemove { target: MemberId, partition: PartitionId, key: Bytes, expected_digest: u64 },
+    Meta { key: Vec<u8>, value: Option<Vec<u8>> },
+    /// Commit what is queued, save the Merkle trees, mark the shutdown clean and stop.
+    Close,
+}
+
+enum OpResult {
+    Object(Object),
+    Merged(MergeOutcome),
+    Done(bool),
+}
+
+struct Pending {
+    op: Op,
+    reply: oneshot::Sender<Result<OpResult, StorageError>>,
+}
+
+/// State owned by the writer task.
+struct Writer {
+    engine: Arc<dyn Engine>,
+    shared: Arc<Shared>,
+    sequence: u64,
+    durability: Durability,
+    dirty: bool,
+}
+
+/// State the writer updates and readers observe.
+struct Shared {
+    merkle: Mutex<Option<MerkleForest>>,
+    hint_counts: Mutex<BTreeMap<MemberId, u64>>,
+}
+
+/// Handle to the store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    engine: Arc<dyn Engine>,
+    tx: mpsc::Sender<Pending>,
+    shared: Arc<Shared>,
+    writer: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
+}
+
+pub fn data_key(partition: PartitionId, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + key.len());
+    k.extend_from_slice(&(partition as u16).to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+fn partition_range(partition: PartitionId) -> (Vec<u8>, Option<Vec<u8>>) {
+    let start = (partition as u16).to_be_bytes().to_vec();
+    let end = partition.checked_add(1).filter(|&p| p <= u32::from(u16::MAX)).map(|p| (p as u16).to_be_bytes().to_vec());
+    (start, end)
+}
+
+fn hint_prefix(target: &MemberId) -> Vec<u8> {
+    let id = target.as_str().as_bytes();
+    let len = id.len().min(255);
+    let mut k = Vec::with_capacity(1 + len);
+    k.push(len as u8);
+    k.extend_from_slice(&id[..len]);
+    k
+}
+
+fn hint_key(target: &MemberId, partition: PartitionId, key: &[u8]) -> Vec<u8> {
+    let mut k = hint_prefix(target);
+    k.extend_from_slice(&(partition as u16).to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// Encodes a key record.
+pub fn encode_record(obj: &Object) -> Vec<u8> {
+    let mut buf = vec![RECORD_FORMAT_VERSION];
+    // Serialising into a Vec cannot fail for these types.
+    if let Ok(body) = postcard::to_stdvec(obj) {
+        buf.extend_from_slice(&body);
+    }
+    buf
+}
+
+/// Decodes a key record, checking its invariants.
+pub fn decode_record(bytes: &[u8]) -> Result<Object, String> {
+    let (&version, body) = bytes.split_first().ok_or("empty record")?;
+    if version != RECORD_FORMAT_VERSION {
+        return Err(format!("unknown record format {version}"));
+    }
+    let (obj, rest): (Object, &[u8]) = postcard::take_from_bytes(body).map_err(|e| e.to_string())?;
+    if !rest.is_empty() {
+        return Err("trailing bytes".into());
+    }
+    obj.validate()?;
+    Ok(obj)
+}
+
+fn corrupt(key: &[u8], reason: String) -> StorageError {
+    StorageError::Corrupt { key: String::from_utf8_lossy(key).into_owned(), reason }
+}
+
+fn load(engine: &dyn Engine, space: Space, key: &[u8]) -> Result<Option<Object>, StorageError> {
+    match engine.get(space, key)? {
+        None => Ok(None),
+        Some(bytes) => decode_record(&bytes).map(Some).map_err(|r| corrupt(key, r)),
+    }
+}
+
+impl Store {
+    /// Opens the store over `engine` and starts its writer task (on the current runtime).
+    pub fn open(engine: Arc<dyn Engine>, config: StoreConfig) -> Result<Store, StorageError> {
+        let sequence = match engine.get(Space::Meta, META_SEQUENCE)? {
+            Some(b) => u64::from_be_bytes(b.as_slice().try_into().map_err(|_| corrupt(META_SEQUENCE, "bad length".into()))?),
+            None => 0,
+        };
+        let mut hint_counts = BTreeMap::new();
+        let mut start = Vec::new();
+        loop {
+            let page = engine.scan(Space::Hints, &start, None, 1024)?;
+            let Some((last, _)) = page.last() else { break };
+            start = last.clone();
+            start.push(0);
+            for (k, _) in &page {
+                if let Some((&len, rest)) = k.split_first() {
+                    let id = rest.get(..usize::from(len)).unwrap_or(rest);
+                    *hint_counts.entry(MemberId::new(String::from_utf8_lossy(id))).or_insert(0) += 1;
+                }
+            }
+        }
+        let shared = Arc::new(Shared { merkle: Mutex::new(None), hint_counts: Mutex::new(hint_counts) });
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+        let writer = Writer { engine: engine.clone(), shared: shared.clone(), sequence, durability: config.durability, dirty: false };
+        let handle = tokio::spawn(writer.run(rx, config.sync_interval));
+        Ok(Store { engine, tx, shared, writer: Arc::new(Mutex::new(Some(handle))) })
+    }
+
+    /// Sets the partition count once the member knows its ring, loading the Merkle trees
+    /// saved at the last clean shutdown or rebuilding them by a scan after a crash.
+    /// Returns whether a rebuild was needed.
+    pub async fn init_partitions(&self, partitions: u32) -> Result<bool, StorageError> {
+        if self.shared.merkle.lock().as_ref().is_some_and(|f| f.partitions() == partitions) {
+            return Ok(false);
+        }
+        let engine = self.engine.clone();
+        let shared = self.shared.clone();
+        let work = move || -> Result<bool, StorageError> {
+            let clean = engine.get(Space::Meta, META_CLEAN)?.is_some();
+            let mut forest = MerkleForest::new(partitions);
+            let mut rebuilt = false;
+            if clean {
+                let saved = engine.scan(Space::Meta, META_MERKLE_PREFIX, prefix_end(META_MERKLE_PREFIX).as_deref(), usize::MAX)?;
+                for (k, v) in saved {
+                    let p = k.get(META_MERKLE_PREFIX.len()..).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes);
+                    match (p, postcard::from_bytes::<MerkleTree>(&v)) {
+                        (Some(p), Ok(tree)) if p < partitions && tree.is_consistent() => forest.set(p, tree),
+                        _ => rebuilt = true,
+                    }
+                }
+            } else {
+                rebuilt = true;
+            }
+            if rebuilt {
+                forest = rebuild_forest(engine.as_ref(), partitions)?;
+            }
+            // From now on the saved trees are stale until the next clean shutdown.
+            engine.write(&[BatchOp { space: Space::Meta, key: META_CLEAN.to_vec(), value: None }], true)?;
+            *shared.merkle.lock() = Some(forest);
+            Ok(rebuilt)
+        };
+        if self.engine.blocking() {
+            tokio::task::spawn_blocking(work).await.map_err(|e| StorageError::Engine(e.to_string()))?
+        } else {
+            work()
+        }
+    }
+
+    async fn submit(&self, op: Op) -> Result<OpResult, StorageError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Pending { op, reply }).await.map_err(|_| StorageError::Closed)?;
+        rx.await.map_err(|_| StorageError::Closed)?
+    }
+
+    /// The local record of a key.
+    pub fn get(&self, partition: PartitionId, key: &[u8]) -> Result<Option<Object>, StorageError> {
+        load(self.engine.as_ref(), Space::Data, &data_key(partition, key))
+    }
+
+    /// Applies a write coordinated here; answers once it is durable.
+    pub async fn coordinate(&self, partition: PartitionId, key: Bytes, write: CoordinatedWrite) -> Result<Object, StorageError> {
+        match self.submit(Op::Coordinate { partition, key, write }).await? {
+            OpResult::Object(o) => Ok(o),
+            _ => Err(StorageError::Engine("unexpected writer reply".into())),
+        }
+    }
+
+    /// Merges a replica's version of a key into the local record.
+    pub async fn merge(&self, partition: PartitionId, key: Bytes, incoming: Object, mode: ConflictMode) -> Result<MergeOutcome, StorageError> {
+        match self.submit(Op::Merge { partition, key, incoming, mode }).await? {
+            OpResult::Merged(m) => Ok(m),
+            _ => Err(StorageError::Engine("unexpected writer reply".into())),
+        }
+    }
+
+    /// Removes a tombstone if the record is still exactly the one with `expected_digest`.
+    pub async fn reap(&self, partition: PartitionId, key: Bytes, expected_digest: u64) -> Result<bool, StorageError> {
+        match self.submit(Op::Reap { partition, key, expected_digest }).await? {
+            OpResult::Done(d) => Ok(d),
+            _ => Err(StorageError::Engine("unexpected writer reply".into())),
+        }
+    }
+
+    /// Removes keys of a partition this member no longer replicates.
+    pub async fn remove_keys(&self, partition: PartitionId, keys: Vec<Bytes>) -> Result<(), StorageError> {
+        self.submit(Op::RemoveKeys { partition, keys }).await.map(|_| ())
+    }
+
+    /// Up to `limit` records of a partition with keys after `after` (exclusive).
+    pub fn scan_partition(&self, partition: PartitionId, after: Option<&[u8]>, limit: usize) -> Result<Vec<(Bytes, Object)>, StorageError> {
+        let (start, end) = partition_range(partition);
+        let start = match after {
+            Some(k) => {
+                let mut s = data_key(partition, k);
+                s.push(0);
+                s
+            }
+            None => start,
+        };
+        self.engine
+            .scan(Space::Data, &start, end.as_deref(), limit)?
+            .into_iter()
+            .map(|(k, v)| {
+                let obj = decode_record(&v).map_err(|r| corrupt(&k, r))?;
+                Ok((Bytes::copy_from_slice(k.get(2..).unwrap_or_default()), obj))
+            })
+            .collect()
+    }
+
+    /// Stores (merging) a hinted write for `target`.
+    pub async fn put_hint(&self, hint: Hint, mode: ConflictMode) -> Result<(), StorageError> {
+        self.submit(Op::HintMerge { hint, mode }).await.map(|_| ())
+    }
+
+    /// Removes a delivered hint unless it changed since it was read.
+    pub async fn remove_hint(&self, target: &MemberId, partition: PartitionId, key: Bytes, expected_digest: u64) -> Result<bool, StorageError> {
+        match self.submit(Op::HintRemove { target: target.clone(), partition, key, expected_digest }).await? {
+            OpResult::Done(d) => Ok(d),
+            _ => Err(StorageError::Engine("unexpected writer reply".into())),
+        }
+    }
+
+    /// Hints held for `target`, up to `limit`.
+    pub fn hints_for(&self, target: &MemberId, limit: usize) -> Result<Vec<Hint>, StorageError> {
+        let prefix = hint_prefix(target);
+        let end = prefix_end(&prefix);
+        self.engine
+            .scan(Space::Hints, &prefix, end.as_deref(), limit)?
+            .into_iter()
+            .map(|(k, v)| {
+                let rest = k.get(prefix.len()..).unwrap_or_default();
+                let partition = rest.get(..2).map_or(0, |b| u32::from(u16::from_be_bytes([b[0], b[1]])));
+                let key = Bytes::copy_from_slice(rest.get(2..).unwrap_or_default());
+                let object = decode_record(&v).map_err(|r| corrupt(&k, r))?;
+                Ok(Hint { target: target.clone(), partition, key, object })
+            })
+            .collect()
+    }
+
+    /// A hinted copy of one key held for `target`, if any.
+    pub fn hint(&self, target: &MemberId, partition: PartitionId, key: &[u8]) -> Result<Option<Object>, StorageError> {
+        load(self.engine.as_ref(), Space::Hints, &hint_key(target, partition, key))
+    }
+
+    /// Number of hints held, per target.
+    pub fn hint_counts(&self) -> BTreeMap<MemberId, u64> {
+        self.shared.hint_counts.lock().clone()
+    }
+
+    pub fn meta_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.engine.get(Space::Meta, key)
+    }
+
+    /// Writes (or with `None` removes) a metadata entry durably.
+    pub async fn meta_put(&self, key: &[u8], value: Option<Vec<u8>>) -> Result<(), StorageError> {
+        self.submit(Op::Meta { key: key.to_vec(), value }).await.map(|_| ())
+    }
+
+    /// The Merkle root of a partition (0 when empty or unknown).
+    pub fn merkle_root(&self, partition: PartitionId) -> u64 {
+        self.shared.merkle.lock().as_ref().map_or(0, |f| f.root(partition))
+    }
+
+    /// Runs `f` on the Merkle tree of a partition.
+    pub fn with_tree<T>(&self, partition: PartitionId, f: impl FnOnce(Option<&MerkleTree>) -> T) -> T {
+        let guard = self.shared.merkle.lock();
+        f(guard.as_ref().and_then(|forest| forest.tree(partition)))
+    }
+
+    /// Partitions holding at least one key, with their roots and key counts.
+    pub fn populated_partitions(&self) -> Vec<(PartitionId, u64, u64)> {
+        self.shared.merkle.lock().as_ref().map_or_else(Vec::new, |f| f.populated().map(|(p, t)| (p, t.root(), t.keys())).collect())
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.engine.size_bytes()
+    }
+
+    /// Commits everything queued, saves the Merkle trees and marks the shutdown clean (so
+    /// the next start skips the rebuild scan), then stops the writer: later writes fail
+    /// with [`StorageError::Closed`].
+    pub async fn close(&self) -> Result<(), StorageError> {
+        self.submit(Op::Close).await?;
+        let handle = self.writer.lock().take();
+        if let Some(h) = handle {
+            let _ = h.await;
+        }
+        Ok(())
+    }
+}
+
+fn rebuild_forest(engine: &dyn Engine, partitions: u32) -> Result<MerkleForest, StorageError> {
+    let mut forest = MerkleForest::new(partitions);
+    let mut start = Vec::new();
+    loop {
+        let page = engine.scan(Space::Data, &start, None, 4096)?;
+        let Some((last, _)) = page.last() else { break };
+        start = last.clone();
+        start.push(0);
+        for (k, v) in &page {
+            let (Some(p), Some(user_key)) = (k.get(..2), k.get(2..)) else { continue };
+            let p = u32::from(u16::from_be_bytes([p[0], p[1]]));
+            let obj = decode_record(v).map_err(|r| corrupt(k, r))?;
+            forest.apply(p, user_key, key_hash(user_key), 0, obj.digest());
+        }
+    }
+    Ok(forest)
+}
+
+/// Buffered effects of one batch before it is committed.
+struct BatchState {
+    ops: Vec<BatchOp>,
+    /// Latest value of each key touched in this batch (`None` = removed).
+    overlay: BTreeMap<(Space, Vec<u8>), Option<Object>>,
+    /// Merkle changes to apply once the batch is durable: (partition, key, old, new).
+    merkle: Vec<(PartitionId, Bytes, u64, u64)>,
+    hint_deltas: BTreeMap<MemberId, i64>,
+}
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::Receiver<Pending>, sync_interval: Duration) {
+        loop {
+            let first = match tokio::time::timeout(sync_interval, rx.recv()).await {
+                Ok(Some(p)) => p,
+                Ok(None) => break,
+                Err(_) => {
+                    if self.dirty {
+                        self = self.sync_in_background().await;
+                    }
+                    continue;
+                }
+            };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(p) => batch.push(p),
+                    Err(_) => break,
+                }
+            }
+            let close = batch.iter().position(|p| matches!(p.op, Op::Close)).map(|i| batch.remove(i));
+            if self.engine.blocking() {
+                let handle = tokio::task::spawn_blocking(move || {
+                    self.commit(batch);
+                    self
+                });
+                match handle.await {
+                    Ok(w) => self = w,
+                    // The writer panicked: every queued caller sees `Closed`.
+                    Err(_) => return,
+                }
+            } else {
+                self.commit(batch);
+            }
+            if let Some(close) = close {
+                rx.close();
+                let result = self.save_trees_and_mark_clean();
+                let _ = close.reply.send(result.map(|()| OpResult::Done(true)));
+                // Writes queued behind the close are refused.
+                while let Ok(p) = rx.try_recv() {
+                    let _ = p.reply.send(Err(StorageError::Closed));
+                }
+                return;
+            }
+        }
+        if self.dirty {
+            let _ = self.engine.sync();
+        }
+    }
+
+    /// Runs on the writer, so no write can slip in between saving and marking.
+    fn save_trees_and_mark_clean(&mut self) -> Result<(), StorageError> {
+        let mut ops = Vec::new();
+        if let Some(forest) = self.shared.merkle.lock().as_ref() {
+            for (p, tree) in forest.populated() {
+                let mut key = META_MERKLE_PREFIX.to_vec();
+                key.extend_from_slice(&p.to_be_bytes());
+                ops.push(BatchOp { space: Space::Meta, key, value: postcard::to_stdvec(tree).ok() });
+            }
+        }
+        // Trees of partitions that became empty must not be reloaded.
+        let saved = self.engine.scan(Space::Meta, META_MERKLE_PREFIX, prefix_end(META_MERKLE_PREFIX).as_deref(), usize::MAX)?;
+        for (k, _) in saved {
+            if !ops.iter().any(|o| o.key == k) {
+                ops.push(BatchOp { space: Space::Meta, key: k, value: None });
+            }
+        }
+        ops.push(BatchOp { space: Space::Meta, key: META_CLEAN.to_vec(), value: Some(b"1".to_vec()) });
+        self.engine.write(&ops, true)?;
+        self.dirty = false;
+        Ok(())
+    }
+
+    async fn sync_in_background(mut self) -> Writer {
+        let result = if self.engine.blocking() {
+            let engine = self.engine.clone();
+            tokio::task::spawn_blocking(move || engine.sync()).await.unwrap_or(Err(StorageError::Closed))
+        } else {
+            self.engine.sync()
+        };
+        match result {
+            Ok(()) => self.dirty = false,
+            Err(e) => tracing::error!(error = %e, "periodic sync failed"),
+        }
+        self
+    }
+
+    fn read(&self, state: &BatchState, space: Space, key: &[u8]) -> Result<Option<Object>, StorageError> {
+        match state.overlay.get(&(space, key.to_vec())) {
+            Some(v) => Ok(v.clone()),
+            None => load(self.engine.as_ref(), space, key),
+        }
+    }
+
+    fn stage(state: &mut BatchState, space: Space, key: Vec<u8>, value: Option<Object>) {
+        state.ops.push(BatchOp { space, key: key.clone(), value: value.as_ref().map(encode_record) });
+        state.overlay.insert((space, key), value);
+    }
+
+    fn apply(&mut self, state: &mut BatchState, op: Op) -> Result<OpResult, StorageError> {
+        match op {
+            Op::Coordinate { partition, key, write } => {
+                let dk = data_key(partition, &key);
+                let current = self.read(state, Space::Data, &dk)?.unwrap_or_default();
+                let (next, dot) = current.write(WriteRequest {
+                    actor: write.actor,
+                    min_counter: self.sequence,
+                    context: &write.context,
+                    value: write.value,
+                    timestamp_ms: write.timestamp_ms,
+                    mode: write.mode,
+                });
+                if next.siblings.len() > write.max_siblings {
+                    return Err(StorageError::TooManySiblings { count: next.siblings.len(), max: write.max_siblings });
+                }
+                self.sequence = self.sequence.max(dot.counter);
+                state.merkle.push((partition, key, digest_or_zero(&current), digest_or_zero(&next)));
+                Self::stage(state, Space::Data, dk, Some(next.clone()));
+                Ok(OpResult::Object(next))
+            }
+            Op::Merge { partition, key, incoming, mode } => {
+                let dk = data_key(partition, &key);
+                let current = self.read(state, Space::Data, &dk)?;
+                let base = current.clone().unwrap_or_default();
+                let merged = base.merge(&incoming, mode);
+                let changed = current.as_ref() != Some(&merged) && !(current.is_none() && merged == Object::default());
+                if changed {
+                    state.merkle.push((partition, key, digest_or_zero(&base), digest_or_zero(&merged)));
+                    Self::stage(state, Space::Data, dk, Some(merged.clone()));
+                }
+                Ok(OpResult::Merged(MergeOutcome { object: merged, changed }))
+            }
+            Op::Reap { partition, key, expected_digest } => {
+                let dk = data_key(partition, &key);
+                match self.read(state, Space::Data, &dk)? {
+                    Some(cur) if cur.is_deleted() && cur.digest() == expected_digest => {
+                        state.merkle.push((partition, key, cur.digest(), 0));
+                        Self::stage(state, Space::Data, dk, None);
+                        Ok(OpResult::Done(true))
+                    }
+                    _ => Ok(OpResult::Done(false)),
+                }
+            }
+            Op::RemoveKeys { partition, keys } => {
+                for key in keys {
+                    let dk = data_key(partition, &key);
+                    if let Some(cur) = self.read(state, Space::Data, &dk)? {
+                        state.merkle.push((partition, key, cur.digest(), 0));
+                        Self::stage(state, Space::Data, dk, None);
+                    }
+                }
+                Ok(OpResult::Done(true))
+            }
+            Op::HintMerge { hint, mode } => {
+                let hk = hint_key(&hint.target, hint.partition, &hint.key);
+                let current = self.read(state, Space::Hints, &hk)?;
+                if current.is_none() {
+                    *state.hint_deltas.entry(hint.target.clone()).or_insert(0) += 1;
+                }
+                let merged = current.unwrap_or_default().merge(&hint.object, mode);
+                Self::stage(state, Space::Hints, hk, Some(merged));
+                Ok(OpResult::Done(true))
+            }
+            Op::HintRemove { target, partition, key, expected_digest } => {
+                let hk = hint_key(&target, partition, &key);
+                match self.read(state, Space::Hints, &hk)? {
+                    Some(cur) if cur.digest() == expected_digest => {
+                        *state.hint_deltas.entry(target).or_insert(0) -= 1;
+                        Self::stage(state, Space::Hints, hk, None);
+                        Ok(OpResult::Done(true))
+                    }
+                    _ => Ok(OpResult::Done(false)),
+                }
+            }
+            Op::Meta { key, value } => {
+                state.ops.push(BatchOp { space: Space::Meta, key, value });
+                Ok(OpResult::Done(true))
+            }
+            Op::Close => Ok(OpResult::Done(true)),
+        }
+    }
+
+    fn commit(&mut self, batch: Vec<Pending>) {
+        let mut state = BatchState { ops: Vec::new(), overlay: BTreeMap::new(), merkle: Vec::new(), hint_deltas: BTreeMap::new() };
+        let sequence_before = self.sequence;
+        let mut results = Vec::with_capacity(batch.len());
+        for p in batch {
+            let r = self.apply(&mut state, p.op);
+            results.push((p.reply, r));
+        }
+        if state.ops.is_empty() {
+            for (reply, r) in results {
+                let _ = reply.send(r);
+            }
+            return;
+        }
+        if self.sequence != sequence_before {
+            state.ops.push(BatchOp { space: Space::Meta, key: META_SEQUENCE.to_vec(), value: Some(self.sequence.to_be_bytes().to_vec()) });
+        }
+        let sync = self.durability == Durability::Fsync;
+        match self.engine.write(&state.ops, sync) {
+            Ok(()) => {
+                self.dirty |= !sync;
+                if let Some(forest) = self.shared.merkle.lock().as_mut() {
+                    for (p, key, old, new) in &state.merkle {
+                        forest.apply(*p, key, key_hash(key), *old, *new);
+                    }
+                }
+                let mut counts = self.shared.hint_counts.lock();
+                for (target, delta) in state.hint_deltas {
+                    let c = counts.entry(target.clone()).or_insert(0);
+                    *c = c.saturating_add_signed(delta);
+                    if *c == 0 {
+                        counts.remove(&target);
+                    }
+                }
+                drop(counts);
+                for (reply, r) in results {
+                    let _ = reply.send(r);
+                }
+            }
+            Err(e) => {
+                // Nothing of this batch is acknowledged; the sequence may stay advanced,
+                // which only skips counters.
+                tracing::error!(error = %e, ops = state.ops.len(), "write batch failed");
+                for (reply, r) in results {
+                    let _ = reply.send(r.and(Err(e.clone())));
+                }
+            }
+        }
+    }
+}
+
+fn digest_or_zero(obj: &Object) -> u64 {
+    if obj.siblings.is_empty() && obj.context.is_empty() { 0 } else { obj.digest() }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,193 @@
+use super::*;
+use crate::clock::Dot;
+
+fn write(value: Option<&str>, ctx: VersionVector) -> CoordinatedWrite {
+    CoordinatedWrite {
+        actor: ActorId(7),
+        context: ctx,
+        value: value.map(|v| Bytes::copy_from_slice(v.as_bytes())),
+        timestamp_ms: 1,
+        mode: ConflictMode::Siblings,
+        max_siblings: 3,
+    }
+}
+
+async fn open_memory(engine: &MemoryEngine) -> Store {
+    let store = Store::open(Arc::new(engine.clone()), StoreConfig::default()).unwrap();
+    store.init_partitions(64).await.unwrap();
+    store
+}
+
+#[tokio::test]
+async fn coordinate_get_and_merge() {
+    let engine = MemoryEngine::new();
+    let store = open_memory(&engine).await;
+    let k = Bytes::from_static(b"k");
+    let o1 = store.coordinate(3, k.clone(), write(Some("a"), VersionVector::new())).await.unwrap();
+    assert_eq!(store.get(3, b"k").unwrap(), Some(o1.clone()));
+    // Another replica's concurrent write merges in as a sibling.
+    let (other, _) = Object::default().write(WriteRequest {
+        actor: ActorId(9),
+        min_counter: 0,
+        context: &VersionVector::new(),
+        value: Some(Bytes::from_static(b"b")),
+        timestamp_ms: 2,
+        mode: ConflictMode::Siblings,
+    });
+    let m = store.merge(3, k.clone(), other.clone(), ConflictMode::Siblings).await.unwrap();
+    assert!(m.changed);
+    assert_eq!(m.object.siblings.len(), 2);
+    // Merging the same thing again changes nothing.
+    let again = store.merge(3, k, other, ConflictMode::Siblings).await.unwrap();
+    assert!(!again.changed);
+}
+
+#[tokio::test]
+async fn sibling_limit_refuses_and_writes_nothing() {
+    let engine = MemoryEngine::new();
+    let store = open_memory(&engine).await;
+    let k = Bytes::from_static(b"k");
+    for _ in 0..3 {
+        store.coordinate(1, k.clone(), write(Some("x"), VersionVector::new())).await.unwrap();
+    }
+    let before = store.get(1, b"k").unwrap();
+    let root_before = store.merkle_root(1);
+    let err = store.coordinate(1, k.clone(), write(Some("x"), VersionVector::new())).await.unwrap_err();
+    assert_eq!(err, StorageError::TooManySiblings { count: 4, max: 3 });
+    assert_eq!(store.get(1, b"k").unwrap(), before);
+    assert_eq!(store.merkle_root(1), root_before);
+    // Writing with the merged context resolves them.
+    let ctx = before.unwrap().context;
+    let resolved = store.coordinate(1, k, write(Some("y"), ctx)).await.unwrap();
+    assert_eq!(resolved.siblings.len(), 1);
+}
+
+#[tokio::test]
+async fn dots_keep_growing_after_reap() {
+    let engine = MemoryEngine::new();
+    let store = open_memory(&engine).await;
+    let k = Bytes::from_static(b"k");
+    let o = store.coordinate(2, k.clone(), write(Some("v"), VersionVector::new())).await.unwrap();
+    let t = store.coordinate(2, k.clone(), write(None, o.context.clone())).await.unwrap();
+    assert!(t.is_deleted());
+    assert!(!store.reap(2, k.clone(), t.digest() ^ 1).await.unwrap(), "reap must check the version");
+    assert!(store.reap(2, k.clone(), t.digest()).await.unwrap());
+    assert_eq!(store.get(2, b"k").unwrap(), None);
+    assert_eq!(store.merkle_root(2), 0);
+    let again = store.coordinate(2, k, write(Some("w"), VersionVector::new())).await.unwrap();
+    let max_old = t.siblings.iter().map(|s| s.dot.counter).max().unwrap();
+    assert!(again.siblings[0].dot > Dot { actor: ActorId(7), counter: max_old });
+    // The sequence survives a restart.
+    drop(store);
+    let reopened = open_memory(&engine).await;
+    let next = reopened.coordinate(5, Bytes::from_static(b"z"), write(Some("z"), VersionVector::new())).await.unwrap();
+    assert!(next.siblings[0].dot.counter > again.siblings[0].dot.counter);
+}
+
+#[tokio::test]
+async fn hints_are_stored_merged_counted_and_removed() {
+    let engine = MemoryEngine::new();
+    let store = open_memory(&engine).await;
+    let target = MemberId::new("m2");
+    let (obj, _) = Object::default().write(WriteRequest {
+        actor: ActorId(1),
+        min_counter: 0,
+        context: &VersionVector::new(),
+        value: Some(Bytes::from_static(b"v")),
+        timestamp_ms: 1,
+        mode: ConflictMode::Siblings,
+    });
+    for key in [&b"a"[..], b"b", b"a"] {
+        let hint = Hint { target: target.clone(), partition: 4, key: Bytes::copy_from_slice(key), object: obj.clone() };
+        store.put_hint(hint, ConflictMode::Siblings).await.unwrap();
+    }
+    assert_eq!(store.hint_counts().get(&target), Some(&2));
+    let hints = store.hints_for(&target, 10).unwrap();
+    assert_eq!(hints.len(), 2);
+    assert_eq!(hints[0].key, Bytes::from_static(b"a"));
+    assert_eq!(hints[0].partition, 4);
+    assert!(store.hints_for(&MemberId::new("m"), 10).unwrap().is_empty(), "prefix of another id");
+    for h in hints {
+        assert!(store.remove_hint(&target, h.partition, h.key, h.object.digest()).await.unwrap());
+    }
+    assert!(store.hint_counts().is_empty());
+    // Counts are rebuilt on open.
+    store.put_hint(Hint { target: target.clone(), partition: 1, key: Bytes::from_static(b"c"), object: obj }, ConflictMode::Siblings).await.unwrap();
+    drop(store);
+    let reopened = open_memory(&engine).await;
+    assert_eq!(reopened.hint_counts().get(&target), Some(&1));
+}
+
+#[tokio::test]
+async fn scan_partition_pages_within_one_partition() {
+    let engine = MemoryEngine::new();
+    let store = open_memory(&engine).await;
+    for p in [4u32, 5, 6] {
+        for i in 0..10 {
+            store.coordinate(p, Bytes::from(format!("k{i:02}")), write(Some("v"), VersionVector::new())).await.unwrap();
+        }
+    }
+    let first = store.scan_partition(5, None, 4).unwrap();
+    assert_eq!(first.len(), 4);
+    let rest = store.scan_partition(5, Some(&first[3].0), 100).unwrap();
+    assert_eq!(rest.len(), 6);
+    assert_eq!(rest[0].0, Bytes::from_static(b"k04"));
+    store.remove_keys(5, first.iter().chain(rest.iter()).map(|(k, _)| k.clone()).collect()).await.unwrap();
+    assert!(store.scan_partition(5, None, 100).unwrap().is_empty());
+    assert_eq!(store.merkle_root(5), 0);
+    assert_eq!(store.scan_partition(6, None, 100).unwrap().len(), 10);
+}
+
+/// After a crash (no clean shutdown) the trees are rebuilt by a scan and equal the
+/// incrementally maintained ones; after a clean shutdown they are loaded, not rebuilt.
+#[tokio::test]
+async fn merkle_trees_survive_restart() {
+    let engine = MemoryEngine::new();
+    let store = open_memory(&engine).await;
+    for i in 0..300 {
+        let key = Bytes::from(format!("key{i}"));
+        let p = crate::ring::partition_of_hash(key_hash(&key), 64);
+        store.coordinate(p, key, write(Some("v"), VersionVector::new())).await.unwrap();
+    }
+    let roots: Vec<u64> = (0..64).map(|p| store.merkle_root(p)).collect();
+    drop(store);
+    let crashed = Store::open(Arc::new(engine.clone()), StoreConfig::default()).unwrap();
+    assert!(crashed.init_partitions(64).await.unwrap(), "crash must rebuild");
+    assert_eq!((0..64).map(|p| crashed.merkle_root(p)).collect::<Vec<_>>(), roots);
+    crashed.close().await.unwrap();
+    drop(crashed);
+    let clean = Store::open(Arc::new(engine.clone()), StoreConfig::default()).unwrap();
+    assert!(!clean.init_partitions(64).await.unwrap(), "clean shutdown must not rebuild");
+    assert_eq!((0..64).map(|p| clean.merkle_root(p)).collect::<Vec<_>>(), roots);
+    // The clean marker is consumed: a crash now rebuilds again.
+    drop(clean);
+    let again = Store::open(Arc::new(engine), StoreConfig::default()).unwrap();
+    assert!(again.init_partitions(64).await.unwrap());
+}
+
+#[tokio::test]
+async fn fjall_engine_round_trip_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let engine = Arc::new(FjallEngine::open(dir.path(), 8 << 20).unwrap());
+        let store = Store::open(engine, StoreConfig::default()).unwrap();
+        store.init_partitions(64).await.unwrap();
+        store.coordinate(9, Bytes::from_static(b"x"), write(Some("1"), VersionVector::new())).await.unwrap();
+        store.close().await.unwrap();
+    }
+    let engine = Arc::new(FjallEngine::open(dir.path(), 8 << 20).unwrap());
+    let store = Store::open(engine, StoreConfig::default()).unwrap();
+    assert!(!store.init_partitions(64).await.unwrap());
+    let obj = store.get(9, b"x").unwrap().unwrap();
+    assert_eq!(obj.values().next().unwrap().value.as_deref(), Some(&b"1"[..]));
+}
+
+#[test]
+fn record_decoder_rejects_garbage() {
+    assert!(decode_record(&[]).is_err());
+    assert!(decode_record(&[9, 0]).is_err());
+    assert!(decode_record(&[RECORD_FORMAT_VERSION, 0xff, 0xff]).is_err());
+    let mut good = encode_record(&Object::default());
+    good.push(0);
+    assert!(decode_record(&good).is_err(), "trailing bytes");
+}
