@@ -459,7 +459,7 @@ mod tests {
         assert!(a.descends(&b));
         assert!(!b.descends(&a));
         assert!(a.concurrent(&c));
-        assert!(VersionVector::new().concurrent(&a) == false);
+        assert!(!VersionVector::new().concurrent(&a));
     }
 
     #[test]

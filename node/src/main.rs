@@ -1,1 +1,19 @@
-fn main() {}
+//! The `dynamo` binary: see `dynamo --help`.
+
+use clap::Parser;
+
+fn main() {
+    let cli = dynamo::cli::Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(dynamo::cli::EXIT_ERROR);
+        }
+    };
+    let code = runtime.block_on(dynamo::cli::run(cli)).unwrap_or_else(|e| {
+        eprintln!("error: {e:#}");
+        dynamo::cli::EXIT_ERROR
+    });
+    std::process::exit(code);
+}

@@ -36,6 +36,7 @@ const WRITE_QUEUE: usize = 4096;
 const META_SEQUENCE: &[u8] = b"sequence";
 const META_CLEAN: &[u8] = b"clean-shutdown";
 const META_MERKLE_PREFIX: &[u8] = b"merkle/";
+const META_TOMBSTONE_PREFIX: &[u8] = b"tomb/";
 
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum StorageError {
@@ -116,6 +117,9 @@ pub struct Hint {
 
 enum Op {
     Coordinate { partition: PartitionId, key: Bytes, write: CoordinatedWrite },
+    /// A write coordinated by a member that holds no replica of the key: the new version
+    /// is minted (its dot durably unique) but not stored here.
+    Mint { write: CoordinatedWrite },
     Merge { partition: PartitionId, key: Bytes, incoming: Object, mode: ConflictMode },
     Reap { partition: PartitionId, key: Bytes, expected_digest: u64 },
     RemoveKeys { partition: PartitionId, keys: Vec<Bytes> },
@@ -323,6 +327,15 @@ impl Store {
         }
     }
 
+    /// Mints the version a write creates without storing it (for a coordinator that is not
+    /// a replica of the key).
+    pub async fn mint(&self, write: CoordinatedWrite) -> Result<Object, StorageError> {
+        match self.submit(Op::Mint { write }).await? {
+            OpResult::Object(o) => Ok(o),
+            _ => Err(StorageError::Engine("unexpected writer reply".into())),
+        }
+    }
+
     /// Merges a replica's version of a key into the local record.
     pub async fn merge(&self, partition: PartitionId, key: Bytes, incoming: Object, mode: ConflictMode) -> Result<MergeOutcome, StorageError> {
         match self.submit(Op::Merge { partition, key, incoming, mode }).await? {
@@ -407,6 +420,32 @@ impl Store {
 
     pub fn meta_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         self.engine.get(Space::Meta, key)
+    }
+
+    /// Keys whose record holds only tombstones, with the tombstones' newest timestamp, in
+    /// key order after `after` (exclusive), up to `limit`.
+    pub fn tombstones(&self, after: Option<(PartitionId, &[u8])>, limit: usize) -> Result<Vec<(PartitionId, Bytes, u64)>, StorageError> {
+        let mut start = META_TOMBSTONE_PREFIX.to_vec();
+        if let Some((p, key)) = after {
+            start.extend_from_slice(&data_key(p, key));
+            start.push(0);
+        }
+        let end = prefix_end(META_TOMBSTONE_PREFIX);
+        let entries = self.engine.scan(Space::Meta, &start, end.as_deref(), limit)?;
+        Ok(entries
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let dk = k.get(META_TOMBSTONE_PREFIX.len()..)?;
+                let p = u32::from(u16::from_be_bytes([*dk.first()?, *dk.get(1)?]));
+                let ts = u64::from_be_bytes(v.as_slice().try_into().ok()?);
+                Some((p, Bytes::copy_from_slice(dk.get(2..)?), ts))
+            })
+            .collect())
+    }
+
+    /// Metadata keys starting with `prefix`.
+    pub fn meta_keys(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, StorageError> {
+        Ok(self.engine.scan(Space::Meta, prefix, prefix_end(prefix).as_deref(), usize::MAX)?.into_iter().map(|(k, _)| k).collect())
     }
 
     /// Writes (or with `None` removes) a metadata entry durably.
@@ -569,7 +608,16 @@ impl Writer {
         }
     }
 
-    fn stage(state: &mut BatchState, space: Space, key: Vec<u8>, value: Option<Object>) {
+    /// Stages a new record; `was_deleted` tells whether the record it replaces was a
+    /// tombstone, to keep the tombstone index (what the reaper scans) in step.
+    fn stage(state: &mut BatchState, space: Space, key: Vec<u8>, value: Option<Object>, was_deleted: bool) {
+        let is_deleted = value.as_ref().is_some_and(Object::is_deleted);
+        if space == Space::Data && (is_deleted || was_deleted) {
+            let mut index_key = META_TOMBSTONE_PREFIX.to_vec();
+            index_key.extend_from_slice(&key);
+            let index_value = value.as_ref().filter(|o| o.is_deleted()).map(|o| o.latest_timestamp_ms().to_be_bytes().to_vec());
+            state.ops.push(BatchOp { space: Space::Meta, key: index_key, value: index_value });
+        }
         state.ops.push(BatchOp { space, key: key.clone(), value: value.as_ref().map(encode_record) });
         state.overlay.insert((space, key), value);
     }
@@ -592,7 +640,20 @@ impl Writer {
                 }
                 self.sequence = self.sequence.max(dot.counter);
                 state.merkle.push((partition, key, digest_or_zero(&current), digest_or_zero(&next)));
-                Self::stage(state, Space::Data, dk, Some(next.clone()));
+                Self::stage(state, Space::Data, dk, Some(next.clone()), current.is_deleted());
+                Ok(OpResult::Object(next))
+            }
+            Op::Mint { write } => {
+                let (next, dot) = Object::default().write(WriteRequest {
+                    actor: write.actor,
+                    min_counter: self.sequence,
+                    context: &write.context,
+                    value: write.value,
+                    timestamp_ms: write.timestamp_ms,
+                    mode: write.mode,
+                });
+                // Only the advanced sequence is written (by `commit`).
+                self.sequence = self.sequence.max(dot.counter);
                 Ok(OpResult::Object(next))
             }
             Op::Merge { partition, key, incoming, mode } => {
@@ -603,7 +664,7 @@ impl Writer {
                 let changed = current.as_ref() != Some(&merged) && !(current.is_none() && merged == Object::default());
                 if changed {
                     state.merkle.push((partition, key, digest_or_zero(&base), digest_or_zero(&merged)));
-                    Self::stage(state, Space::Data, dk, Some(merged.clone()));
+                    Self::stage(state, Space::Data, dk, Some(merged.clone()), base.is_deleted());
                 }
                 Ok(OpResult::Merged(MergeOutcome { object: merged, changed }))
             }
@@ -612,7 +673,7 @@ impl Writer {
                 match self.read(state, Space::Data, &dk)? {
                     Some(cur) if cur.is_deleted() && cur.digest() == expected_digest => {
                         state.merkle.push((partition, key, cur.digest(), 0));
-                        Self::stage(state, Space::Data, dk, None);
+                        Self::stage(state, Space::Data, dk, None, true);
                         Ok(OpResult::Done(true))
                     }
                     _ => Ok(OpResult::Done(false)),
@@ -623,7 +684,7 @@ impl Writer {
                     let dk = data_key(partition, &key);
                     if let Some(cur) = self.read(state, Space::Data, &dk)? {
                         state.merkle.push((partition, key, cur.digest(), 0));
-                        Self::stage(state, Space::Data, dk, None);
+                        Self::stage(state, Space::Data, dk, None, cur.is_deleted());
                     }
                 }
                 Ok(OpResult::Done(true))
@@ -635,7 +696,7 @@ impl Writer {
                     *state.hint_deltas.entry(hint.target.clone()).or_insert(0) += 1;
                 }
                 let merged = current.unwrap_or_default().merge(&hint.object, mode);
-                Self::stage(state, Space::Hints, hk, Some(merged));
+                Self::stage(state, Space::Hints, hk, Some(merged), false);
                 Ok(OpResult::Done(true))
             }
             Op::HintRemove { target, partition, key, expected_digest } => {
@@ -643,7 +704,7 @@ impl Writer {
                 match self.read(state, Space::Hints, &hk)? {
                     Some(cur) if cur.digest() == expected_digest => {
                         *state.hint_deltas.entry(target).or_insert(0) -= 1;
-                        Self::stage(state, Space::Hints, hk, None);
+                        Self::stage(state, Space::Hints, hk, None, false);
                         Ok(OpResult::Done(true))
                     }
                     _ => Ok(OpResult::Done(false)),
@@ -665,7 +726,7 @@ impl Writer {
             let r = self.apply(&mut state, p.op);
             results.push((p.reply, r));
         }
-        if state.ops.is_empty() {
+        if state.ops.is_empty() && self.sequence == sequence_before {
             for (reply, r) in results {
                 let _ = reply.send(r);
             }

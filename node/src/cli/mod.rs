@@ -1,0 +1,487 @@
+//! The `dynamo` command line: `node` runs a member, `dev` a local cluster, and the client
+//! verbs talk to a member's HTTP API.
+//!
+//! Exit codes scripts can rely on: 0 success, 1 error, 2 bad usage, 3 key not found,
+//! 4 quorum not reached / member unavailable, 5 refused (conflict, bad request),
+//! 6 authentication failed.
+
+pub mod client;
+mod dev;
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use http::StatusCode;
+
+use crate::clock::ConflictMode;
+use crate::config::{ClusterSettings, FailureDetector, Limits, NodeConfig, validate_member_id};
+use crate::env::Env;
+use crate::node::Node;
+use crate::storage::{Durability, FjallEngine};
+use client::{HttpClient, Reply};
+
+pub const EXIT_ERROR: i32 = 1;
+pub const EXIT_NOT_FOUND: i32 = 3;
+pub const EXIT_UNAVAILABLE: i32 = 4;
+pub const EXIT_REFUSED: i32 = 5;
+pub const EXIT_AUTH: i32 = 6;
+
+#[derive(Parser, Debug)]
+#[command(name = "dynamo", version, about = "A Dynamo-style distributed key-value store.", propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run one member of a cluster.
+    Node(Box<NodeArgs>),
+    /// Run a local cluster of real member processes on loopback (Ctrl-C stops it).
+    Dev(dev::DevArgs),
+    /// Read a key.
+    Get(GetArgs),
+    /// Write a key (value from the argument, --file, or standard input).
+    Put(PutArgs),
+    /// Delete a key.
+    Delete(DeleteArgs),
+    /// List the cluster's members as one member sees them.
+    Members(AdminArgs),
+    /// Show the ring: epoch, settings, ownership and balance.
+    Ring(AdminArgs),
+    /// Add a member to the cluster (it must be running with --seeds pointing at the cluster).
+    Join(JoinArgs),
+    /// Decommission a member: it hands off its partitions, then leaves.
+    Leave(LeaveArgs),
+    /// Show ownership transfers in progress.
+    Handoffs(AdminArgs),
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum DetectorKind {
+    Phi,
+    Timeout,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct NodeArgs {
+    /// Member id: stable across restarts (a pod name, a hostname).
+    #[arg(long, env = "DYNAMO_ID")]
+    pub id: String,
+    /// Address the client/admin HTTP API binds.
+    #[arg(long, env = "DYNAMO_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Address others use to reach the HTTP API [default: --listen].
+    #[arg(long, env = "DYNAMO_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Address the internal RPC server binds.
+    #[arg(long, env = "DYNAMO_PEER_LISTEN", default_value = "127.0.0.1:7070")]
+    pub peer_listen: String,
+    /// Address other members use to reach this one [default: --peer-listen].
+    #[arg(long, env = "DYNAMO_ADVERTISE_PEER")]
+    pub advertise_peer: Option<String>,
+    /// Where the member keeps its data.
+    #[arg(long, env = "DYNAMO_DATA_DIR", default_value = "./dynamo-data")]
+    pub data_dir: PathBuf,
+    /// `fsync`: acknowledge writes once fsynced (group commit). `periodic`: fsync every
+    /// --sync-interval-ms (a killed process loses nothing, a lost machine up to one interval).
+    #[arg(long, env = "DYNAMO_DURABILITY", default_value = "fsync")]
+    pub durability: Durability,
+    #[arg(long, env = "DYNAMO_SYNC_INTERVAL_MS", default_value_t = 1000)]
+    pub sync_interval_ms: u64,
+    /// Block cache of the storage engine, in MiB.
+    #[arg(long, env = "DYNAMO_CACHE_MB", default_value_t = 64)]
+    pub cache_mb: u64,
+    /// Peer (RPC) addresses of members to contact first; DNS names allowed.
+    #[arg(long, env = "DYNAMO_SEEDS", value_delimiter = ',')]
+    pub seeds: Vec<String>,
+    /// Create a new cluster with this member alone if it is not in one yet.
+    #[arg(long, env = "DYNAMO_BOOTSTRAP")]
+    pub bootstrap: bool,
+    /// The cluster token (authenticates members to each other and admin API calls).
+    #[arg(long, env = "DYNAMO_CLUSTER_TOKEN", hide_env_values = true)]
+    pub cluster_token: Option<String>,
+    /// Read the cluster token from a file (e.g. a mounted Secret).
+    #[arg(long, env = "DYNAMO_CLUSTER_TOKEN_FILE")]
+    pub cluster_token_file: Option<PathBuf>,
+    /// When set, client API calls need `Authorization: Bearer <token>`.
+    #[arg(long, env = "DYNAMO_CLIENT_TOKEN", hide_env_values = true)]
+    pub client_token: Option<String>,
+    #[arg(long, env = "DYNAMO_CLIENT_TOKEN_FILE")]
+    pub client_token_file: Option<PathBuf>,
+    /// Partitions Q (power of two); used only when this member bootstraps a cluster.
+    #[arg(long, env = "DYNAMO_PARTITIONS", default_value_t = 256)]
+    pub partitions: u32,
+    /// Replicas per key (bootstrap only).
+    #[arg(long, env = "DYNAMO_N", default_value_t = 3)]
+    pub n: usize,
+    /// Default read quorum (bootstrap only).
+    #[arg(long, env = "DYNAMO_R", default_value_t = 2)]
+    pub r: usize,
+    /// Default write quorum (bootstrap only).
+    #[arg(long, env = "DYNAMO_W", default_value_t = 2)]
+    pub w: usize,
+    /// Conflict resolution (bootstrap only): keep `siblings`, or last-write-wins `lww`.
+    #[arg(long, env = "DYNAMO_CONFLICTS", default_value = "siblings")]
+    pub conflicts: ConflictMode,
+    /// Writes that would leave a key with more siblings are refused (bootstrap only).
+    #[arg(long, env = "DYNAMO_MAX_SIBLINGS", default_value_t = 100)]
+    pub max_siblings: usize,
+    #[arg(long, env = "DYNAMO_MAX_KEY_BYTES", default_value_t = 1024)]
+    pub max_key_bytes: usize,
+    #[arg(long, env = "DYNAMO_MAX_VALUE_BYTES", default_value_t = 1 << 20)]
+    pub max_value_bytes: usize,
+    #[arg(long, env = "DYNAMO_GOSSIP_INTERVAL_MS", default_value_t = 1000)]
+    pub gossip_interval_ms: u64,
+    /// Failure detector: phi-accrual, or a plain timeout.
+    #[arg(long, env = "DYNAMO_FAILURE_DETECTOR", value_enum, default_value = "phi")]
+    pub failure_detector: DetectorKind,
+    #[arg(long, env = "DYNAMO_PHI_THRESHOLD", default_value_t = 8.0)]
+    pub phi_threshold: f64,
+    /// With `--failure-detector timeout`: silence after which a member is down.
+    #[arg(long, env = "DYNAMO_DOWN_AFTER_MS", default_value_t = 5000)]
+    pub down_after_ms: u64,
+    /// Deadline of one replica operation inside a request.
+    #[arg(long, env = "DYNAMO_REPLICA_TIMEOUT_MS", default_value_t = 1000)]
+    pub replica_timeout_ms: u64,
+    #[arg(long, env = "DYNAMO_REQUEST_TIMEOUT_MS", default_value_t = 5000)]
+    pub request_timeout_ms: u64,
+    #[arg(long, env = "DYNAMO_HINT_INTERVAL_MS", default_value_t = 1000)]
+    pub hint_interval_ms: u64,
+    #[arg(long, env = "DYNAMO_ANTI_ENTROPY_INTERVAL_S", default_value_t = 60)]
+    pub anti_entropy_interval_s: u64,
+    /// Bytes per second for handoff and repair transfers (0 = unthrottled).
+    #[arg(long, env = "DYNAMO_TRANSFER_RATE_BYTES", default_value_t = 64 << 20)]
+    pub transfer_rate_bytes: u64,
+    /// Tombstones older than this and held by every replica are removed.
+    #[arg(long, env = "DYNAMO_TOMBSTONE_GRACE_S", default_value_t = 3600)]
+    pub tombstone_grace_s: u64,
+    #[arg(long, env = "DYNAMO_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Args, Debug)]
+pub struct Endpoint {
+    /// A member's HTTP address.
+    #[arg(long, short = 'e', env = "DYNAMO_ENDPOINT", default_value = "127.0.0.1:8080")]
+    pub endpoint: String,
+    /// Bearer token (the cluster token for admin verbs; the client token if one is set).
+    #[arg(long, env = "DYNAMO_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Request timeout in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    pub timeout_ms: u64,
+}
+
+impl Endpoint {
+    fn client(&self) -> HttpClient {
+        HttpClient::new(&self.endpoint, self.token.clone(), Duration::from_millis(self.timeout_ms))
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct GetArgs {
+    pub key: String,
+    #[command(flatten)]
+    pub endpoint: Endpoint,
+    /// Read quorum for this request.
+    #[arg(long)]
+    pub r: Option<usize>,
+    /// Print the causal context to standard error (to pass to a later put).
+    #[arg(long)]
+    pub show_context: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PutArgs {
+    pub key: String,
+    /// The value; omit to read it from --file or standard input.
+    pub value: Option<String>,
+    #[arg(long, conflicts_with = "value")]
+    pub file: Option<PathBuf>,
+    /// Causal context from a previous get (omit for a blind write).
+    #[arg(long)]
+    pub context: Option<String>,
+    #[arg(long)]
+    pub w: Option<usize>,
+    #[command(flatten)]
+    pub endpoint: Endpoint,
+}
+
+#[derive(Args, Debug)]
+pub struct DeleteArgs {
+    pub key: String,
+    #[arg(long)]
+    pub context: Option<String>,
+    #[arg(long)]
+    pub w: Option<usize>,
+    #[command(flatten)]
+    pub endpoint: Endpoint,
+}
+
+#[derive(Args, Debug)]
+pub struct AdminArgs {
+    #[command(flatten)]
+    pub endpoint: Endpoint,
+}
+
+#[derive(Args, Debug)]
+pub struct JoinArgs {
+    /// The member to add [default: the member at --endpoint itself].
+    pub member: Option<String>,
+    #[arg(long)]
+    pub weight: Option<u32>,
+    #[command(flatten)]
+    pub endpoint: Endpoint,
+}
+
+#[derive(Args, Debug)]
+pub struct LeaveArgs {
+    pub member: String,
+    #[command(flatten)]
+    pub endpoint: Endpoint,
+}
+
+/// Runs a parsed command; returns the process exit code.
+pub async fn run(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::Node(args) => run_node(*args).await,
+        Command::Dev(args) => dev::run(args).await,
+        Command::Get(args) => get(args).await,
+        Command::Put(args) => put(args).await,
+        Command::Delete(args) => delete(args).await,
+        Command::Members(args) => admin_show(&args.endpoint, "/v1/cluster/members").await,
+        Command::Ring(args) => ring(&args.endpoint).await,
+        Command::Handoffs(args) => admin_show(&args.endpoint, "/v1/cluster/handoffs").await,
+        Command::Join(args) => {
+            let mut body = serde_json::json!({});
+            if let Some(m) = &args.member {
+                body["member"] = m.clone().into();
+            }
+            if let Some(w) = args.weight {
+                body["weight"] = w.into();
+            }
+            admin_post(&args.endpoint, "/v1/cluster/join", body).await
+        }
+        Command::Leave(args) => admin_post(&args.endpoint, &format!("/v1/cluster/leave/{}", args.member), serde_json::json!({})).await,
+    }
+}
+
+fn read_secret(value: Option<String>, file: Option<&PathBuf>, what: &str) -> Result<Option<String>> {
+    match (value, file) {
+        (Some(v), _) => Ok(Some(v)),
+        (None, Some(path)) => {
+            let s = std::fs::read_to_string(path).with_context(|| format!("reading the {what} from {}", path.display()))?;
+            Ok(Some(s.trim().to_string()))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// Builds a member's configuration from its flags.
+pub fn node_config(args: &NodeArgs) -> Result<NodeConfig> {
+    let id = validate_member_id(&args.id)?;
+    let cluster_token = read_secret(args.cluster_token.clone(), args.cluster_token_file.as_ref(), "cluster token")?
+        .context("a cluster token is required: --cluster-token, --cluster-token-file or DYNAMO_CLUSTER_TOKEN")?;
+    let client_token = read_secret(args.client_token.clone(), args.client_token_file.as_ref(), "client token")?;
+    let failure_detector = match args.failure_detector {
+        DetectorKind::Phi => FailureDetector::PhiAccrual {
+            threshold: args.phi_threshold,
+            min_std_dev: Duration::from_millis(args.gossip_interval_ms / 2),
+            max_silence: Duration::from_millis(args.gossip_interval_ms * 30),
+        },
+        DetectorKind::Timeout => FailureDetector::Timeout { after: Duration::from_millis(args.down_after_ms) },
+    };
+    let config = NodeConfig {
+        id,
+        listen: args.listen.clone(),
+        advertise: args.advertise.clone().unwrap_or_else(|| args.listen.clone()),
+        peer_listen: args.peer_listen.clone(),
+        advertise_peer: args.advertise_peer.clone().unwrap_or_else(|| args.peer_listen.clone()),
+        data_dir: args.data_dir.clone(),
+        durability: args.durability,
+        sync_interval: Duration::from_millis(args.sync_interval_ms),
+        cache_bytes: args.cache_mb << 20,
+        seeds: args.seeds.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+        bootstrap: args.bootstrap,
+        cluster_token,
+        client_token,
+        settings: ClusterSettings { partitions: args.partitions, n: args.n, r: args.r, w: args.w, conflicts: args.conflicts, max_siblings: args.max_siblings },
+        limits: Limits { max_key_bytes: args.max_key_bytes, max_value_bytes: args.max_value_bytes },
+        gossip_interval: Duration::from_millis(args.gossip_interval_ms.max(10)),
+        failure_detector,
+        replica_timeout: Duration::from_millis(args.replica_timeout_ms),
+        request_timeout: Duration::from_millis(args.request_timeout_ms),
+        hint_interval: Duration::from_millis(args.hint_interval_ms.max(10)),
+        anti_entropy_interval: Duration::from_secs(args.anti_entropy_interval_s.max(1)),
+        transfer_rate_bytes: args.transfer_rate_bytes,
+        tombstone_grace: Duration::from_secs(args.tombstone_grace_s),
+        rng_seed: 0,
+    };
+    config.validate()?;
+    Ok(config)
+}
+
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+async fn run_node(args: NodeArgs) -> Result<i32> {
+    init_logging(args.log_format);
+    let config = node_config(&args)?;
+    let engine = FjallEngine::open(&config.data_dir, config.cache_bytes).with_context(|| format!("opening {}", config.data_dir.display()))?;
+    let node = Node::start(config, Env::production(0), Arc::new(engine)).await?;
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    node.shutdown().await;
+    Ok(0)
+}
+
+/// Waits for SIGTERM (Kubernetes, `docker stop`) or Ctrl-C.
+pub async fn wait_for_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// Maps an HTTP reply to an exit code, printing the error for failures.
+fn exit_code(reply: &Reply) -> i32 {
+    let code = match reply.status {
+        s if s.is_success() => 0,
+        StatusCode::MULTIPLE_CHOICES => 0,
+        StatusCode::NOT_FOUND => EXIT_NOT_FOUND,
+        StatusCode::SERVICE_UNAVAILABLE => EXIT_UNAVAILABLE,
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => EXIT_AUTH,
+        s if s.is_client_error() => EXIT_REFUSED,
+        _ => EXIT_ERROR,
+    };
+    if code != 0 {
+        let message = reply.json().and_then(|j| j.get("message").and_then(|m| m.as_str()).map(str::to_string)).unwrap_or_else(|| reply.text());
+        eprintln!("error ({}): {}", reply.status, message.trim());
+    }
+    code
+}
+
+fn quorum_query(name: &str, v: Option<usize>) -> String {
+    v.map(|v| format!("?{name}={v}")).unwrap_or_default()
+}
+
+async fn get(args: GetArgs) -> Result<i32> {
+    let reply = args.endpoint.client().get(&args.key, &quorum_query("r", args.r)).await?;
+    if args.show_context
+        && let Some(ctx) = reply.header("x-dynamo-context")
+    {
+        eprintln!("context: {ctx}");
+    }
+    match reply.status {
+        StatusCode::OK => {
+            std::io::stdout().write_all(&reply.body)?;
+            Ok(0)
+        }
+        StatusCode::MULTIPLE_CHOICES => {
+            println!("{}", reply.text());
+            Ok(0)
+        }
+        _ => Ok(exit_code(&reply)),
+    }
+}
+
+async fn put(args: PutArgs) -> Result<i32> {
+    let value = match (&args.value, &args.file) {
+        (Some(v), _) => Bytes::from(v.clone()),
+        (None, Some(f)) => Bytes::from(std::fs::read(f).with_context(|| format!("reading {}", f.display()))?),
+        (None, None) => {
+            let mut buf = Vec::new();
+            std::io::stdin().read_to_end(&mut buf)?;
+            Bytes::from(buf)
+        }
+    };
+    let reply = args.endpoint.client().put(&args.key, value, args.context.as_deref(), &quorum_query("w", args.w)).await?;
+    report_write(&reply)
+}
+
+async fn delete(args: DeleteArgs) -> Result<i32> {
+    let reply = args.endpoint.client().delete(&args.key, args.context.as_deref(), &quorum_query("w", args.w)).await?;
+    report_write(&reply)
+}
+
+fn report_write(reply: &Reply) -> Result<i32> {
+    if reply.status.is_success() {
+        let acks = reply.header("x-dynamo-acks").unwrap_or("?");
+        println!("ok (acknowledged by {acks} replicas)");
+        if let Some(ctx) = reply.header("x-dynamo-context") {
+            println!("context: {ctx}");
+        }
+        return Ok(0);
+    }
+    Ok(exit_code(reply))
+}
+
+async fn admin_show(endpoint: &Endpoint, path: &str) -> Result<i32> {
+    let reply = endpoint.client().admin_get(path).await?;
+    if reply.status.is_success() {
+        println!("{}", reply.text());
+        return Ok(0);
+    }
+    Ok(exit_code(&reply))
+}
+
+async fn admin_post(endpoint: &Endpoint, path: &str, body: serde_json::Value) -> Result<i32> {
+    let reply = endpoint.client().admin_post(path, body).await?;
+    if reply.status.is_success() {
+        println!("{}", reply.text());
+        return Ok(0);
+    }
+    Ok(exit_code(&reply))
+}
+
+async fn ring(endpoint: &Endpoint) -> Result<i32> {
+    let reply = endpoint.client().admin_get("/v1/cluster/ring").await?;
+    if !reply.status.is_success() {
+        return Ok(exit_code(&reply));
+    }
+    let Some(json) = reply.json() else { bail!("the member answered with something that is not JSON") };
+    println!(
+        "epoch {}  (base {}{})  partitions {}  N/R/W {}/{}/{}  conflicts {}",
+        json["epoch"],
+        json["baseEpoch"],
+        if json["inTransition"].as_bool() == Some(true) { ", moving" } else { "" },
+        json["settings"]["partitions"],
+        json["settings"]["n"],
+        json["settings"]["r"],
+        json["settings"]["w"],
+        json["settings"]["conflicts"].as_str().unwrap_or("?"),
+    );
+    println!("balance {}..{} partitions per member, spacing violations {}", json["balance"][0], json["balance"][1], json["spacingViolations"]);
+    if let Some(members) = json["members"].as_array() {
+        for m in members {
+            println!("  {:<24} weight {:<4} partitions {}", m["id"].as_str().unwrap_or("?"), m["weight"], m["partitions"]);
+        }
+    }
+    Ok(0)
+}

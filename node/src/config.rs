@@ -1,0 +1,212 @@
+//! Settings of one member ([`NodeConfig`]) and of the whole cluster ([`ClusterSettings`]).
+//!
+//! Cluster settings (partitions, N/R/W, conflict mode, sibling limit) are fixed when the
+//! cluster is bootstrapped and travel with the cluster view, so a joining member always
+//! adopts the cluster's values rather than its own flags.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::clock::ConflictMode;
+use crate::ring::{self, MemberId};
+use crate::storage::Durability;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("replication must satisfy 1 <= r <= n and 1 <= w <= n (got n={n}, r={r}, w={w})")]
+    Quorum { n: usize, r: usize, w: usize },
+    #[error("n must be between 1 and {max}, got {n}")]
+    ReplicationFactor { n: usize, max: usize },
+    #[error(transparent)]
+    Ring(#[from] ring::RingError),
+    #[error("max siblings must be at least 1")]
+    MaxSiblings,
+    #[error("member id {0:?} must be 1-63 characters of [a-zA-Z0-9._-]")]
+    MemberId(String),
+    #[error("the cluster token must be at least 16 characters")]
+    WeakToken,
+}
+
+/// Largest replication factor accepted.
+pub const MAX_N: usize = 7;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterSettings {
+    /// Number of partitions `Q` (power of two), fixed for the cluster's life.
+    pub partitions: u32,
+    /// Replicas per key.
+    pub n: usize,
+    /// Default read quorum.
+    pub r: usize,
+    /// Default write quorum.
+    pub w: usize,
+    pub conflicts: ConflictMode,
+    /// Writes that would leave a key with more siblings are refused.
+    pub max_siblings: usize,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings { partitions: ring::DEFAULT_PARTITIONS, n: 3, r: 2, w: 2, conflicts: ConflictMode::Siblings, max_siblings: 100 }
+    }
+}
+
+impl ClusterSettings {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        ring::validate_partition_count(self.partitions)?;
+        if self.n == 0 || self.n > MAX_N {
+            return Err(ConfigError::ReplicationFactor { n: self.n, max: MAX_N });
+        }
+        if self.r == 0 || self.r > self.n || self.w == 0 || self.w > self.n {
+            return Err(ConfigError::Quorum { n: self.n, r: self.r, w: self.w });
+        }
+        if self.max_siblings == 0 {
+            return Err(ConfigError::MaxSiblings);
+        }
+        Ok(())
+    }
+}
+
+/// Checks a member id: short, printable, usable in DNS names and metric labels.
+pub fn validate_member_id(id: &str) -> Result<MemberId, ConfigError> {
+    let ok = !id.is_empty() && id.len() <= 63 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if ok { Ok(MemberId::new(id)) } else { Err(ConfigError::MemberId(id.to_string())) }
+}
+
+/// How members decide a peer is down.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FailureDetector {
+    /// Phi-accrual over heartbeat inter-arrival times (Hayashibara et al.), as Cassandra.
+    PhiAccrual { threshold: f64, min_std_dev: Duration, max_silence: Duration },
+    /// Down after a fixed silence.
+    Timeout { after: Duration },
+}
+
+impl Default for FailureDetector {
+    fn default() -> Self {
+        FailureDetector::PhiAccrual { threshold: 8.0, min_std_dev: Duration::from_millis(500), max_silence: Duration::from_secs(30) }
+    }
+}
+
+/// Limits on client requests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_key_bytes: 1024, max_value_bytes: 1 << 20 }
+    }
+}
+
+/// Everything one member needs to run.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub id: MemberId,
+    /// Address the client/admin HTTP server binds.
+    pub listen: String,
+    /// Address other members and clients use to reach the HTTP server.
+    pub advertise: String,
+    /// Address the internal RPC server binds.
+    pub peer_listen: String,
+    /// Address other members use to reach the RPC server.
+    pub advertise_peer: String,
+    pub data_dir: PathBuf,
+    pub durability: Durability,
+    pub sync_interval: Duration,
+    pub cache_bytes: u64,
+    /// RPC addresses of members to contact first (DNS names allowed).
+    pub seeds: Vec<String>,
+    /// Create a new cluster with this member alone if it has no ring yet.
+    pub bootstrap: bool,
+    /// Shared secret: authenticates member connections and admin API calls.
+    pub cluster_token: String,
+    /// When set, client API calls need this bearer token.
+    pub client_token: Option<String>,
+    /// Used only when this member bootstraps the cluster.
+    pub settings: ClusterSettings,
+    pub limits: Limits,
+    pub gossip_interval: Duration,
+    pub failure_detector: FailureDetector,
+    /// Deadline of one replica request inside a client request.
+    pub replica_timeout: Duration,
+    /// Deadline of a whole client request.
+    pub request_timeout: Duration,
+    pub hint_interval: Duration,
+    pub anti_entropy_interval: Duration,
+    /// Bytes per second one member streams during handoff and repair (0 = unthrottled).
+    pub transfer_rate_bytes: u64,
+    /// Tombstones older than this, held by every replica, are removed; hints older than
+    /// this are dropped (their data lives on the other replicas and anti-entropy).
+    pub tombstone_grace: Duration,
+    /// Seed of the member's random choices (gossip peers, nonces, planner).
+    pub rng_seed: u64,
+}
+
+impl NodeConfig {
+    /// A configuration for tests and the dev cluster: loopback addresses, short intervals.
+    pub fn for_local(id: &str, http_port: u16, peer_port: u16, data_dir: PathBuf) -> NodeConfig {
+        NodeConfig {
+            id: MemberId::new(id),
+            listen: format!("127.0.0.1:{http_port}"),
+            advertise: format!("127.0.0.1:{http_port}"),
+            peer_listen: format!("127.0.0.1:{peer_port}"),
+            advertise_peer: format!("127.0.0.1:{peer_port}"),
+            data_dir,
+            durability: Durability::Fsync,
+            sync_interval: Duration::from_secs(1),
+            cache_bytes: 64 << 20,
+            seeds: Vec::new(),
+            bootstrap: false,
+            cluster_token: "dev-cluster-token-change-me".into(),
+            client_token: None,
+            settings: ClusterSettings::default(),
+            limits: Limits::default(),
+            gossip_interval: Duration::from_secs(1),
+            failure_detector: FailureDetector::default(),
+            replica_timeout: Duration::from_millis(1000),
+            request_timeout: Duration::from_secs(5),
+            hint_interval: Duration::from_secs(1),
+            anti_entropy_interval: Duration::from_secs(60),
+            transfer_rate_bytes: 64 << 20,
+            tombstone_grace: Duration::from_secs(3600),
+            rng_seed: 0,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        validate_member_id(self.id.as_str())?;
+        self.settings.validate()?;
+        if self.cluster_token.len() < 16 {
+            return Err(ConfigError::WeakToken);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_validation() {
+        assert!(ClusterSettings::default().validate().is_ok());
+        let bad = ClusterSettings { w: 4, ..Default::default() };
+        assert_eq!(bad.validate(), Err(ConfigError::Quorum { n: 3, r: 2, w: 4 }));
+        let bad_q = ClusterSettings { partitions: 100, ..Default::default() };
+        assert!(matches!(bad_q.validate(), Err(ConfigError::Ring(_))));
+    }
+
+    #[test]
+    fn member_ids() {
+        assert!(validate_member_id("dynamo-0").is_ok());
+        assert!(validate_member_id("").is_err());
+        assert!(validate_member_id("a b").is_err());
+        assert!(validate_member_id(&"x".repeat(64)).is_err());
+    }
+}

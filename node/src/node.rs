@@ -1,0 +1,293 @@
+//! One member, assembled: storage, membership, replication, the RPC and HTTP servers and
+//! the background tasks, started and stopped together.
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::clock::ActorId;
+use crate::config::{ConfigError, NodeConfig};
+use crate::env::Env;
+use crate::membership::{ClusterView, MemberState, Membership};
+use crate::metrics::Metrics;
+use crate::replication::Replicator;
+use crate::ring::MemberId;
+use crate::rpc::server::{self, Handler, ServerContext};
+use crate::rpc::transport::BoxFuture;
+use crate::rpc::{ErrorCode, RemoteError, Request, Response, RpcClient};
+use crate::storage::{Engine, StorageError, Store, StoreConfig};
+use crate::{antientropy, api, handoff};
+
+const META_IDENTITY: &[u8] = b"identity";
+const META_GENERATION: &[u8] = b"generation";
+const META_VIEW: &[u8] = b"view";
+
+#[derive(Debug, Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("data directory belongs to member {found:?}, not {expected:?}")]
+    WrongIdentity { found: String, expected: String },
+    #[error("cannot listen on {addr}")]
+    Bind { addr: String, source: std::io::Error },
+    #[error("corrupt metadata {what}: {reason}")]
+    Corrupt { what: &'static str, reason: String },
+    #[error("cannot bootstrap: {0}")]
+    Bootstrap(String),
+}
+
+/// What a data directory records about the member that owns it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Identity {
+    id: MemberId,
+    /// The clock actor of this incarnation of the data: a wiped disk gets a new one.
+    incarnation: u64,
+}
+
+/// What the member's services share.
+#[derive(Clone)]
+pub struct Services {
+    pub config: NodeConfig,
+    pub env: Env,
+    pub store: Store,
+    pub membership: Arc<Membership>,
+    pub rpc: RpcClient,
+    pub metrics: Metrics,
+}
+
+pub struct Node {
+    pub config: NodeConfig,
+    pub env: Env,
+    pub store: Store,
+    pub metrics: Metrics,
+    pub rpc: RpcClient,
+    pub membership: Arc<Membership>,
+    pub replicator: Arc<Replicator>,
+    pub handoff: Arc<handoff::Handoff>,
+    pub antientropy: Arc<antientropy::AntiEntropy>,
+    pub incarnation: u64,
+    pub generation: u64,
+    /// Addresses actually bound (differ from the configuration when it asked for port 0).
+    pub http_addr: String,
+    pub peer_addr: String,
+    shutdown: watch::Sender<bool>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Node {
+    /// Opens the data, binds both servers and starts every background task.
+    pub async fn start(mut config: NodeConfig, env: Env, engine: Arc<dyn Engine>) -> Result<Arc<Node>, NodeError> {
+        config.validate()?;
+        let metrics = Metrics::new();
+        let store = Store::open(engine, StoreConfig { durability: config.durability, sync_interval: config.sync_interval })?;
+
+        let identity = match store.meta_get(META_IDENTITY)? {
+            Some(bytes) => {
+                let id: Identity = postcard::from_bytes(&bytes).map_err(|e| NodeError::Corrupt { what: "identity", reason: e.to_string() })?;
+                if id.id != config.id {
+                    return Err(NodeError::WrongIdentity { found: id.id.to_string(), expected: config.id.to_string() });
+                }
+                id
+            }
+            None => {
+                let id = Identity { id: config.id.clone(), incarnation: env.random_u64() | 1 };
+                store.meta_put(META_IDENTITY, postcard::to_stdvec(&id).ok()).await?;
+                id
+            }
+        };
+        let generation = match store.meta_get(META_GENERATION)? {
+            Some(b) => u64::from_be_bytes(b.as_slice().try_into().map_err(|_| NodeError::Corrupt { what: "generation", reason: "bad length".into() })?) + 1,
+            None => 1,
+        };
+        store.meta_put(META_GENERATION, Some(generation.to_be_bytes().to_vec())).await?;
+        let view: Option<ClusterView> = match store.meta_get(META_VIEW)? {
+            Some(bytes) => Some(postcard::from_bytes(&bytes).map_err(|e| NodeError::Corrupt { what: "cluster view", reason: e.to_string() })?),
+            None => None,
+        };
+        if let Some(v) = &view {
+            store.init_partitions(v.settings.partitions).await?;
+        }
+
+        let peer_listener = env.network.bind(&config.peer_listen).await.map_err(|source| NodeError::Bind { addr: config.peer_listen.clone(), source })?;
+        let http_listener = env.network.bind(&config.listen).await.map_err(|source| NodeError::Bind { addr: config.listen.clone(), source })?;
+        let peer_addr = peer_listener.local_addr().unwrap_or_else(|_| config.peer_listen.clone());
+        let http_addr = http_listener.local_addr().unwrap_or_else(|_| config.listen.clone());
+        if config.advertise_peer.ends_with(":0") {
+            config.advertise_peer = peer_addr.clone();
+        }
+        if config.advertise.ends_with(":0") {
+            config.advertise = http_addr.clone();
+        }
+
+        let rpc = RpcClient::new(env.clone(), config.id.clone(), config.cluster_token.as_bytes(), config.replica_timeout, metrics.clone());
+        let me_state = MemberState {
+            id: config.id.clone(),
+            peer_addr: config.advertise_peer.clone(),
+            http_addr: config.advertise.clone(),
+            generation,
+            version: 0,
+            synced_epoch: view.as_ref().map_or(0, |v| v.current().epoch),
+            pulls_pending: 0,
+            incarnation: identity.incarnation,
+        };
+        let membership = Membership::new(config.clone(), env.clone(), rpc.clone(), metrics.clone(), me_state, view);
+        let services = Services {
+            config: config.clone(),
+            env: env.clone(),
+            store: store.clone(),
+            membership: membership.clone(),
+            rpc: rpc.clone(),
+            metrics: metrics.clone(),
+        };
+        let replicator = Replicator::new(ActorId(identity.incarnation), &services);
+        let handoff = handoff::Handoff::new(&services);
+        let antientropy = antientropy::AntiEntropy::new(&services);
+
+        if config.bootstrap && membership.view().is_none() {
+            let view = membership.bootstrap(1).map_err(|e| NodeError::Bootstrap(e.to_string()))?;
+            persist_view(&store, &view).await?;
+            store.init_partitions(view.settings.partitions).await?;
+            tracing::info!(member = %config.id, partitions = view.settings.partitions, "bootstrapped a new cluster");
+        }
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let node = Arc::new(Node {
+            config: config.clone(),
+            env: env.clone(),
+            store: store.clone(),
+            metrics: metrics.clone(),
+            rpc,
+            membership: membership.clone(),
+            replicator: replicator.clone(),
+            handoff: handoff.clone(),
+            antientropy: antientropy.clone(),
+            incarnation: identity.incarnation,
+            generation,
+            http_addr,
+            peer_addr,
+            shutdown,
+            tasks: Mutex::new(Vec::new()),
+        });
+
+        let ctx = ServerContext { env, me: config.id.clone(), secret: config.cluster_token.as_bytes().into(), metrics };
+        let handler: Arc<dyn Handler> = Arc::new(PeerService { node: Arc::downgrade(&node) });
+        let mut tasks = vec![
+            tokio::spawn(server::serve(peer_listener, handler, ctx, shutdown_rx.clone())),
+            tokio::spawn(api::serve(http_listener, node.clone(), shutdown_rx.clone())),
+            tokio::spawn(membership.clone().run_gossip(shutdown_rx.clone())),
+            tokio::spawn(replicator.clone().run_hint_delivery(shutdown_rx.clone())),
+            tokio::spawn(follow_views(node.clone(), shutdown_rx.clone())),
+            tokio::spawn(handoff.run(shutdown_rx.clone())),
+            tokio::spawn(antientropy.run(shutdown_rx.clone())),
+        ];
+        node.tasks.lock().append(&mut tasks);
+        tracing::info!(member = %config.id, http = %node.http_addr, peer = %node.peer_addr, generation, "member started");
+        Ok(node)
+    }
+
+    /// Stops every task and closes the store cleanly (its Merkle trees are saved, so the
+    /// next start does not rescan).
+    pub async fn shutdown(&self) {
+        self.shutdown.send_replace(true);
+        let tasks: Vec<JoinHandle<()>> = std::mem::take(&mut *self.tasks.lock());
+        for t in tasks {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), t).await;
+        }
+        if let Err(e) = self.store.close().await {
+            tracing::error!(error = %e, "closing the store failed");
+        }
+        tracing::info!(member = %self.config.id, "member stopped");
+    }
+
+    /// Creates a new cluster with this member alone (if it has none yet).
+    pub async fn bootstrap(&self) -> Result<Arc<ClusterView>, NodeError> {
+        let view = self.membership.bootstrap(1).map_err(|e| NodeError::Bootstrap(e.to_string()))?;
+        persist_view(&self.store, &view).await?;
+        self.store.init_partitions(view.settings.partitions).await?;
+        Ok(view)
+    }
+
+    /// Whether this member serves client traffic: it is an up member of a cluster.
+    pub fn readiness(&self) -> Result<(), String> {
+        let Some(view) = self.membership.view() else {
+            return Err("not part of a cluster yet".into());
+        };
+        match view.status_of(&self.config.id) {
+            Some(crate::membership::MemberStatus::Up) => Ok(()),
+            Some(crate::membership::MemberStatus::Leaving) => Ok(()),
+            Some(crate::membership::MemberStatus::Removed) => Err("removed from the cluster".into()),
+            None => Err("waiting to be joined to the cluster".into()),
+        }
+    }
+}
+
+async fn persist_view(store: &Store, view: &ClusterView) -> Result<(), StorageError> {
+    let bytes = postcard::to_stdvec(view).map_err(|e| StorageError::Engine(e.to_string()))?;
+    store.meta_put(META_VIEW, Some(bytes)).await
+}
+
+/// Persists every adopted view and prepares storage the first time one arrives.
+async fn follow_views(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
+    let mut views = node.membership.subscribe();
+    loop {
+        tokio::select! {
+            changed = views.changed() => if changed.is_err() { return },
+            _ = shutdown.changed() => return,
+        }
+        let Some(view) = views.borrow_and_update().clone() else { continue };
+        if let Err(e) = node.store.init_partitions(view.settings.partitions).await {
+            tracing::error!(error = %e, "preparing storage for the ring failed");
+        }
+        if let Err(e) = persist_view(&node.store, &view).await {
+            tracing::error!(error = %e, "persisting the cluster view failed");
+        }
+        let me = &node.config.id;
+        node.metrics.partitions_owned.set(view.current().partitions_of(me).len() as i64);
+        node.metrics.partitions_replicated.set(view.current().replicated_by(me, view.settings.n).len() as i64);
+    }
+}
+
+/// Answers other members' requests.
+struct PeerService {
+    node: std::sync::Weak<Node>,
+}
+
+impl Handler for PeerService {
+    fn handle(&self, peer: MemberId, request: Request) -> BoxFuture<'static, Response> {
+        let node = self.node.upgrade();
+        Box::pin(async move {
+            let Some(node) = node else {
+                return Response::Error(RemoteError::new(ErrorCode::Unavailable, "member is shutting down"));
+            };
+            match request {
+                Request::Ping => Response::Pong,
+                Request::GossipDigest(d) => Response::GossipDelta(node.membership.handle_digest(d)),
+                Request::GossipPush(p) => {
+                    node.membership.handle_push(p);
+                    Response::Ack
+                }
+                Request::Replicate { partition, key, object, hint_for, mode } => {
+                    node.replicator.handle_replicate(partition, key, object, hint_for, mode).await
+                }
+                Request::Read { partition, key, hint_for } => node.replicator.handle_read(partition, &key, hint_for.as_ref()),
+                Request::Coordinate(req) => Response::Client(node.replicator.handle_client(req, true).await),
+                r @ (Request::Join { .. } | Request::Leave { .. }) => match node.membership.accept_as_claimant(r) {
+                    Ok(()) => Response::Ack,
+                    Err(e) => Response::Error(e),
+                },
+                r @ (Request::MerkleRoots { .. }
+                | Request::MerkleNodes { .. }
+                | Request::LeafEntries { .. }
+                | Request::Fetch { .. }
+                | Request::Reap { .. }) => node.antientropy.handle(&peer, r).await,
+                Request::HandoffPull { partition, after, max_bytes } => node.handoff.serve_pull(partition, after, max_bytes),
+            }
+        })
+    }
+}

@@ -1,0 +1,419 @@
+//! The coordinator and the replica side of client requests.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::{ClientOp, ClientRequest, ClientResponse, RefusalCode};
+use crate::clock::{ActorId, ConflictMode, Object};
+use crate::config::NodeConfig;
+use crate::env::Env;
+use crate::membership::{ClusterView, Membership};
+use crate::metrics::Metrics;
+use crate::node::Services;
+use crate::ring::{MemberId, PartitionId};
+use crate::rpc::{ErrorCode, RemoteError, Request, Response, RpcClient, RpcError};
+use crate::storage::{CoordinatedWrite, Hint, StorageError, Store};
+
+/// Switches that make the node deliberately wrong, so tests can show the simulation's
+/// checker catches such bugs. All off in production; nothing outside tests sets them.
+#[derive(Debug, Default)]
+pub struct Faults {
+    /// Acknowledge a write as soon as it is stored locally, before `W` replicas hold it.
+    pub ack_writes_before_quorum: AtomicBool,
+}
+
+pub struct Replicator {
+    pub(super) me: MemberId,
+    actor: ActorId,
+    pub(super) config: NodeConfig,
+    pub(super) env: Env,
+    pub(super) store: Store,
+    pub(super) membership: Arc<Membership>,
+    pub(super) rpc: RpcClient,
+    pub(super) metrics: Metrics,
+    pub faults: Arc<Faults>,
+}
+
+/// How one replica came to hold a write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Delivery {
+    /// The replica itself stored it.
+    Direct,
+    /// A fallback holds it as a hint for the replica.
+    Hinted(MemberId),
+    /// Nobody else could take it; the coordinator keeps a hint and retries later.
+    Retrying,
+}
+
+impl Replicator {
+    pub fn new(actor: ActorId, services: &Services) -> Arc<Replicator> {
+        let s = services.clone();
+        Arc::new(Replicator {
+            me: s.config.id.clone(),
+            actor,
+            config: s.config,
+            env: s.env,
+            store: s.store,
+            membership: s.membership,
+            rpc: s.rpc,
+            metrics: s.metrics,
+            faults: Arc::new(Faults::default()),
+        })
+    }
+
+    /// Entry point for a client request received by this member. Writes are forwarded to
+    /// a primary unless this member replicates the key; reads are coordinated here.
+    pub async fn handle_client(self: &Arc<Self>, request: ClientRequest, forwarded: bool) -> ClientResponse {
+        let Some(view) = self.membership.view() else {
+            return ClientResponse::Refused { code: RefusalCode::NotReady, message: "this member has not joined a cluster yet".into() };
+        };
+        let p = view.current().partition_of_key(&request.key);
+        match request.op {
+            ClientOp::Get => self.coordinate_read(&view, p, request).await,
+            _ => {
+                if !forwarded
+                    && !view.replicates(&self.me, p)
+                    && let Some(resp) = self.forward(&view, p, &request).await
+                {
+                    return resp;
+                }
+                self.coordinate_write(&view, p, request).await
+            }
+        }
+    }
+
+    /// Forwards a write to the first reachable primary; `None` if none answered.
+    async fn forward(&self, view: &ClusterView, p: PartitionId, request: &ClientRequest) -> Option<ClientResponse> {
+        for target in view.current().primaries(p, view.settings.n) {
+            if !self.membership.is_alive(&target) {
+                continue;
+            }
+            let Some(addr) = self.membership.peer_addr(&target) else { continue };
+            match self.rpc.call(&addr, Request::Coordinate(request.clone()), self.config.request_timeout).await {
+                Ok(Response::Client(resp)) => {
+                    self.metrics.forwarded.inc();
+                    return Some(resp);
+                }
+                Err(RpcError::Unreachable(_)) => self.membership.report_unreachable(&target),
+                other => tracing::debug!(peer = %target, partition = p, result = ?other, "forwarding failed"),
+            }
+        }
+        None
+    }
+
+    async fn coordinate_write(self: &Arc<Self>, view: &ClusterView, p: PartitionId, request: ClientRequest) -> ClientResponse {
+        let settings = &view.settings;
+        let mode = request.conflicts.unwrap_or(settings.conflicts);
+        let w = request.w.unwrap_or(settings.w).clamp(1, settings.n);
+        let (value, context) = match request.op {
+            ClientOp::Put { value, context } => (Some(value), context),
+            ClientOp::Delete { context } => (None, context),
+            ClientOp::Get => return ClientResponse::Refused { code: RefusalCode::Storage, message: "not a write".into() },
+        };
+        let write = CoordinatedWrite {
+            actor: self.actor,
+            context,
+            value,
+            timestamp_ms: self.env.clock.now_ms(),
+            mode,
+            max_siblings: settings.max_siblings,
+        };
+        let sets = view.write_sets(p);
+        let local_replica = sets.iter().any(|s| s.contains(&self.me));
+        let key = request.key;
+        let stored = if local_replica { self.store.coordinate(p, key.clone(), write).await } else { self.store.mint(write).await };
+        let object = match stored {
+            Ok(o) => o,
+            Err(StorageError::TooManySiblings { count, max }) => {
+                return ClientResponse::Refused {
+                    code: RefusalCode::TooManySiblings,
+                    message: format!("the key has {count} siblings, more than the limit of {max}: read it and write back with the merged context"),
+                };
+            }
+            Err(e) => {
+                tracing::error!(key = %String::from_utf8_lossy(&key), partition = p, error = %e, "local write failed");
+                return ClientResponse::Refused { code: RefusalCode::Storage, message: format!("storage error: {e}") };
+            }
+        };
+        let mut acked: BTreeSet<MemberId> = BTreeSet::new();
+        if local_replica {
+            acked.insert(self.me.clone());
+        }
+        let targets: BTreeSet<MemberId> = sets.iter().flatten().filter(|m| **m != self.me).cloned().collect();
+        let needed = |acked: &BTreeSet<MemberId>| sets.iter().all(|s| s.iter().filter(|m| acked.contains(*m)).count() >= w.min(s.len()));
+        let w_reported = w as u32;
+        if self.faults.ack_writes_before_quorum.load(Ordering::Relaxed) {
+            self.spawn_deliveries(view, p, &key, &object, mode, &targets, local_replica);
+            return ClientResponse::Written { object, acks: acked.len() as u32, w: w_reported };
+        }
+        let mut results = self.spawn_deliveries(view, p, &key, &object, mode, &targets, local_replica);
+        let deadline = Instant::now() + self.config.request_timeout;
+        let mut pending = targets.len();
+        while !needed(&acked) && pending > 0 {
+            match tokio::time::timeout_at(deadline, results.recv()).await {
+                Ok(Some((target, delivery))) => {
+                    pending -= 1;
+                    if matches!(delivery, Delivery::Direct | Delivery::Hinted(_)) {
+                        acked.insert(target);
+                    }
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        if needed(&acked) {
+            ClientResponse::Written { object, acks: acked.len() as u32, w: w_reported }
+        } else {
+            self.metrics.quorum_failures.with_label_values(&["write"]).inc();
+            ClientResponse::Unavailable {
+                needed: w_reported,
+                acks: acked.len() as u32,
+                reason: format!("only {} of the replicas acknowledged the write in time; it may still reach the others", acked.len()),
+            }
+        }
+    }
+
+    /// Starts delivering `object` to every target concurrently. Each delivery runs to its
+    /// end in the background (the client may be answered before) and reports once.
+    #[allow(clippy::too_many_arguments)]
+    fn spawn_deliveries(
+        self: &Arc<Self>,
+        view: &ClusterView,
+        p: PartitionId,
+        key: &Bytes,
+        object: &Object,
+        mode: ConflictMode,
+        targets: &BTreeSet<MemberId>,
+        local_replica: bool,
+    ) -> mpsc::Receiver<(MemberId, Delivery)> {
+        let (tx, rx) = mpsc::channel(targets.len().max(1));
+        let view = Arc::new(view.clone());
+        // Fallbacks are shared so two down replicas are not both hinted to the same member.
+        let used: Arc<Mutex<BTreeSet<MemberId>>> = Arc::new(Mutex::new(targets.iter().cloned().chain([self.me.clone()]).collect()));
+        for target in targets {
+            let this = self.clone();
+            let (view, used, tx) = (view.clone(), used.clone(), tx.clone());
+            let (target, key, object) = (target.clone(), key.clone(), object.clone());
+            tokio::spawn(async move {
+                let delivery = this.deliver(&view, p, &key, &object, mode, &target, &used, local_replica).await;
+                let _ = tx.send((target, delivery)).await;
+            });
+        }
+        rx
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn deliver(
+        &self,
+        view: &ClusterView,
+        p: PartitionId,
+        key: &Bytes,
+        object: &Object,
+        mode: ConflictMode,
+        target: &MemberId,
+        used: &Mutex<BTreeSet<MemberId>>,
+        local_replica: bool,
+    ) -> Delivery {
+        if self.membership.is_alive(target)
+            && self.replicate_to(target, p, key, object, mode, None).await.is_ok()
+        {
+            return Delivery::Direct;
+        }
+        // Sloppy quorum: the next live members on the ring stand in for the target.
+        let walk: Vec<MemberId> = view.current().walk(p).into_iter().cloned().collect();
+        for fallback in walk {
+            let claimed = {
+                let mut used = used.lock();
+                if used.contains(&fallback) || !self.membership.is_alive(&fallback) {
+                    false
+                } else {
+                    used.insert(fallback.clone());
+                    true
+                }
+            };
+            if !claimed {
+                continue;
+            }
+            if self.replicate_to(&fallback, p, key, object, mode, Some(target)).await.is_ok() {
+                self.metrics.hints_stored.inc();
+                return Delivery::Hinted(fallback);
+            }
+        }
+        // Keep it here and retry until the target (or its successor) has it: the seed's
+        // "retry list", made durable.
+        let hint = Hint { target: target.clone(), partition: p, key: key.clone(), object: object.clone() };
+        match self.store.put_hint(hint, mode).await {
+            Ok(()) => {
+                self.metrics.hints_stored.inc();
+                tracing::debug!(peer = %target, partition = p, "no replica or fallback reachable; keeping a hint");
+                // A coordinator that is not itself a replica is a distinct stand-in.
+                if local_replica { Delivery::Retrying } else { Delivery::Hinted(self.me.clone()) }
+            }
+            Err(e) => {
+                tracing::error!(peer = %target, partition = p, error = %e, "could not keep a hint");
+                Delivery::Retrying
+            }
+        }
+    }
+
+    /// Sends `object` to `member` (as a hint for `hint_for` if given).
+    pub(super) async fn replicate_to(
+        &self,
+        member: &MemberId,
+        p: PartitionId,
+        key: &Bytes,
+        object: &Object,
+        mode: ConflictMode,
+        hint_for: Option<&MemberId>,
+    ) -> Result<(), RpcError> {
+        if member == &self.me {
+            let result = match hint_for {
+                None => self.store.merge(p, key.clone(), object.clone(), mode).await.map(|_| ()),
+                Some(t) => self.store.put_hint(Hint { target: t.clone(), partition: p, key: key.clone(), object: object.clone() }, mode).await,
+            };
+            return result.map_err(|e| RpcError::Remote(RemoteError::new(ErrorCode::Storage, e.to_string())));
+        }
+        let addr = self.membership.peer_addr(member).ok_or_else(|| RpcError::Unreachable(format!("no address for {member}")))?;
+        let request = Request::Replicate { partition: p, key: key.clone(), object: object.clone(), hint_for: hint_for.cloned(), mode };
+        match self.rpc.call(&addr, request, self.config.replica_timeout).await {
+            Ok(Response::Merged { .. } | Response::Ack) => Ok(()),
+            Ok(_) => Err(RpcError::Unexpected("replicate")),
+            Err(e) => {
+                if matches!(e, RpcError::Unreachable(_)) {
+                    self.membership.report_unreachable(member);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn read_from(&self, member: &MemberId, p: PartitionId, key: &Bytes) -> Result<Option<Object>, RpcError> {
+        if member == &self.me {
+            return self.store.get(p, key).map_err(|e| RpcError::Remote(RemoteError::new(ErrorCode::Storage, e.to_string())));
+        }
+        let addr = self.membership.peer_addr(member).ok_or_else(|| RpcError::Unreachable(format!("no address for {member}")))?;
+        match self.rpc.call(&addr, Request::Read { partition: p, key: key.clone(), hint_for: None }, self.config.replica_timeout).await {
+            Ok(Response::Object(o)) => Ok(o),
+            Ok(_) => Err(RpcError::Unexpected("read")),
+            Err(e) => {
+                if matches!(e, RpcError::Unreachable(_)) {
+                    self.membership.report_unreachable(member);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn coordinate_read(self: &Arc<Self>, view: &ClusterView, p: PartitionId, request: ClientRequest) -> ClientResponse {
+        let settings = &view.settings;
+        let mode = request.conflicts.unwrap_or(settings.conflicts);
+        let targets = view.read_set(p);
+        let r = request.r.unwrap_or(settings.r).clamp(1, settings.n).min(targets.len());
+        let key = request.key;
+        let (tx, mut rx) = mpsc::channel(targets.len().max(1));
+        for target in &targets {
+            let this = self.clone();
+            let (tx, target, key) = (tx.clone(), target.clone(), key.clone());
+            tokio::spawn(async move {
+                let result = this.read_from(&target, p, &key).await;
+                let _ = tx.send((target, result)).await;
+            });
+        }
+        drop(tx);
+        let deadline = Instant::now() + self.config.request_timeout;
+        let mut replies: Vec<(MemberId, Option<Object>)> = Vec::new();
+        let mut failures = 0usize;
+        while replies.len() < r && replies.len() + failures < targets.len() {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some((member, Ok(obj)))) => replies.push((member, obj)),
+                Ok(Some((_, Err(_)))) => failures += 1,
+                Ok(None) | Err(_) => break,
+            }
+        }
+        if replies.len() < r {
+            self.metrics.quorum_failures.with_label_values(&["read"]).inc();
+            return ClientResponse::Unavailable {
+                needed: r as u32,
+                acks: replies.len() as u32,
+                reason: format!("only {} of {} replicas answered in time", replies.len(), targets.len()),
+            };
+        }
+        let merged = merge_all(replies.iter().filter_map(|(_, o)| o.as_ref()), mode);
+        let answered = replies.len() as u32;
+        // The rest of the replies arrive in the background and stale replicas are repaired.
+        let this = self.clone();
+        tokio::spawn(async move {
+            let late_deadline = Instant::now() + this.config.replica_timeout;
+            while let Ok(Some((member, result))) = tokio::time::timeout_at(late_deadline, rx.recv()).await {
+                if let Ok(obj) = result {
+                    replies.push((member, obj));
+                }
+            }
+            this.read_repair(p, &key, replies, mode).await;
+        });
+        ClientResponse::Read { object: merged, replies: answered, r: r as u32 }
+    }
+
+    async fn read_repair(&self, p: PartitionId, key: &Bytes, replies: Vec<(MemberId, Option<Object>)>, mode: ConflictMode) {
+        let merged = merge_all(replies.iter().filter_map(|(_, o)| o.as_ref()), mode);
+        if merged.is_empty() && merged.context.is_empty() {
+            return;
+        }
+        let digest = merged.digest();
+        for (member, obj) in replies {
+            if obj.as_ref().map(Object::digest) == Some(digest) {
+                continue;
+            }
+            if self.replicate_to(&member, p, key, &merged, mode, None).await.is_ok() {
+                self.metrics.read_repairs.inc();
+                tracing::debug!(peer = %member, partition = p, key = %String::from_utf8_lossy(key), "read repair");
+            }
+        }
+    }
+
+    // ---- replica side ----
+
+    pub async fn handle_replicate(&self, p: PartitionId, key: Bytes, object: Object, hint_for: Option<MemberId>, mode: ConflictMode) -> Response {
+        if let Err(e) = object.validate() {
+            return Response::Error(RemoteError::new(ErrorCode::BadRequest, e));
+        }
+        match hint_for {
+            Some(target) => {
+                self.metrics.replica_requests.with_label_values(&["hint"]).inc();
+                match self.store.put_hint(Hint { target, partition: p, key, object }, mode).await {
+                    Ok(()) => Response::Ack,
+                    Err(e) => Response::Error(RemoteError::new(ErrorCode::Storage, e.to_string())),
+                }
+            }
+            None => {
+                self.metrics.replica_requests.with_label_values(&["write"]).inc();
+                match self.store.merge(p, key, object, mode).await {
+                    Ok(m) => Response::Merged { changed: m.changed },
+                    Err(e) => Response::Error(RemoteError::new(ErrorCode::Storage, e.to_string())),
+                }
+            }
+        }
+    }
+
+    pub fn handle_read(&self, p: PartitionId, key: &[u8], hint_for: Option<&MemberId>) -> Response {
+        self.metrics.replica_requests.with_label_values(&["read"]).inc();
+        let result = match hint_for {
+            Some(t) => self.store.hint(t, p, key),
+            None => self.store.get(p, key),
+        };
+        match result {
+            Ok(o) => Response::Object(o),
+            Err(e) => Response::Error(RemoteError::new(ErrorCode::Storage, e.to_string())),
+        }
+    }
+}
+
+/// Merges replicas' versions of one key.
+pub fn merge_all<'a>(objects: impl Iterator<Item = &'a Object>, mode: ConflictMode) -> Object {
+    objects.fold(Object::default(), |acc, o| acc.merge(o, mode))
+}
