@@ -1,0 +1,279 @@
+//! Real processes on loopback: replication, failures, conflicts, membership.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{Cluster, Options, start_workload, verify_ledger};
+
+async fn acked_writes_survive(members: usize) {
+    let cluster = Cluster::start(members, Options::default()).await;
+    let endpoints: Vec<String> = (0..members).map(|i| cluster.members[i].http()).collect();
+    let (ledger, _, handles) = start_workload(endpoints, 4, 100, "k");
+    for h in handles {
+        h.await.unwrap();
+    }
+    assert_eq!(ledger.acked.lock().len(), 400, "every write succeeds while all members are up ({} failed)", ledger.failed.lock());
+    for via in 0..members {
+        let bad = verify_ledger(&cluster, via, &ledger).await;
+        assert!(bad.is_empty(), "read through m{via}: {bad:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_members_read_back_every_acknowledged_write() {
+    acked_writes_survive(3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_members_read_back_every_acknowledged_write() {
+    acked_writes_survive(5).await;
+}
+
+/// Keys (of `keys`) that member `id` replicates according to the ring JSON of the admin API.
+fn keys_replicated_by(ring: &serde_json::Value, id: &str, keys: impl Iterator<Item = String>) -> usize {
+    let owners: Vec<String> = ring["owners"].as_array().unwrap().iter().map(|o| o.as_str().unwrap().to_string()).collect();
+    let n = ring["settings"]["n"].as_u64().unwrap() as usize;
+    let q = owners.len() as u32;
+    keys.filter(|k| {
+        let p = dynamo::ring::partition_of_hash(dynamo::ring::key_hash(k.as_bytes()), q) as usize;
+        let mut walk: Vec<&str> = Vec::new();
+        for step in 0..owners.len() {
+            let o = owners[(p + step) % owners.len()].as_str();
+            if !walk.contains(&o) {
+                walk.push(o);
+            }
+            if walk.len() == n {
+                break;
+            }
+        }
+        walk.contains(&id)
+    })
+    .count()
+}
+
+/// kill -9 one member of four during a write stream: writes keep succeeding, fallbacks
+/// hold hints for it, and after a restart the hints are delivered (the queues drain to
+/// zero) and the member holds every key it replicates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killed_member_gets_its_writes_by_hinted_handoff() {
+    // Anti-entropy is pushed far out so that only hinted handoff can refill m3.
+    let opts = Options { extra: vec!["--anti-entropy-interval-s=3600".into()], ..Default::default() };
+    let mut cluster = Cluster::start(4, opts).await;
+    let endpoints: Vec<String> = (0..3).map(|i| cluster.members[i].http()).collect();
+    let (ledger, stop, handles) = start_workload(endpoints.clone(), 3, 100_000, "during");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.kill9(3);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        h.await.unwrap();
+    }
+    let failed = *ledger.failed.lock();
+    assert!(ledger.acked.lock().len() > 100, "writes kept succeeding ({failed} failed)");
+    cluster
+        .wait_for("m3 seen down", Duration::from_secs(15), || async { cluster.sees_alive(0, 3).await == Some(false) })
+        .await;
+    // Once the failure is detected every write succeeds.
+    let (after, _, h2) = start_workload(endpoints, 3, 50, "after");
+    for h in h2 {
+        h.await.unwrap();
+    }
+    assert_eq!(*after.failed.lock(), 0, "writes with one member down must all succeed");
+    let mut pending = 0.0;
+    for i in 0..3 {
+        pending += cluster.metric(i, "dynamo_hints_pending").await;
+    }
+    cluster
+        .wait_for("hints counted as pending", Duration::from_secs(5), || async {
+            let mut p = 0.0;
+            for i in 0..3 {
+                p += cluster.metric(i, "dynamo_hints_pending").await;
+            }
+            p > 0.0
+        })
+        .await;
+    eprintln!("hints pending before restart: {pending}");
+
+    cluster.restart(3).await;
+    cluster
+        .wait_for("hint queues drain to zero", Duration::from_secs(60), || async {
+            let mut p = 0.0;
+            for i in 0..3 {
+                p += cluster.metric(i, "dynamo_hints_pending").await;
+            }
+            p == 0.0
+        })
+        .await;
+    let mut delivered = 0.0;
+    for i in 0..3 {
+        delivered += cluster.metric(i, "dynamo_hints_delivered_total").await;
+    }
+    assert!(delivered > 0.0);
+    let ring = cluster.ring(0).await.unwrap();
+    let all_keys = ledger.acked.lock().keys().cloned().chain(after.acked.lock().keys().cloned()).collect::<Vec<_>>();
+    let expected = keys_replicated_by(&ring, "m3", all_keys.into_iter());
+    let held = cluster.client(3).admin_get("/v1/cluster/antientropy").await.unwrap().json().unwrap()["keys"].as_u64().unwrap() as usize;
+    assert!(held >= expected, "m3 holds {held} keys, expected at least {expected}");
+    for bad in verify_ledger(&cluster, 3, &after).await {
+        panic!("{bad}");
+    }
+}
+
+/// Two clients write with the same stale context: both values come back as siblings;
+/// writing with the merged context resolves them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writes_become_siblings_and_resolve() {
+    let cluster = Cluster::start(3, Options::default()).await;
+    let (a, b) = (cluster.app_client(0), cluster.app_client(1));
+    let first = a.put("shared", Bytes::from_static(b"v0"), None, "").await.unwrap();
+    let ctx = first.header("x-dynamo-context").unwrap().to_string();
+    assert_eq!(a.put("shared", Bytes::from_static(b"from-a"), Some(&ctx), "").await.unwrap().status.as_u16(), 204);
+    assert_eq!(b.put("shared", Bytes::from_static(b"from-b"), Some(&ctx), "").await.unwrap().status.as_u16(), 204);
+    let read = a.get("shared", "").await.unwrap();
+    assert_eq!(read.status.as_u16(), 300, "siblings: {}", read.text());
+    let body = read.json().unwrap();
+    let mut values: Vec<String> = body["siblings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            use base64::Engine as _;
+            String::from_utf8(base64::engine::general_purpose::STANDARD.decode(s["value"].as_str().unwrap()).unwrap()).unwrap()
+        })
+        .collect();
+    values.sort();
+    assert_eq!(values, vec!["from-a", "from-b"]);
+    let merged = body["context"].as_str().unwrap().to_string();
+    assert_eq!(b.put("shared", Bytes::from_static(b"resolved"), Some(&merged), "").await.unwrap().status.as_u16(), 204);
+    let after = a.get("shared", "").await.unwrap();
+    assert_eq!(after.status.as_u16(), 200);
+    assert_eq!(after.body, Bytes::from_static(b"resolved"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lww_mode_keeps_the_later_write() {
+    let cluster = Cluster::start(3, Options { conflicts: "lww", ..Default::default() }).await;
+    let (a, b) = (cluster.app_client(0), cluster.app_client(1));
+    assert_eq!(a.put("k", Bytes::from_static(b"earlier"), None, "").await.unwrap().status.as_u16(), 204);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(b.put("k", Bytes::from_static(b"later"), None, "").await.unwrap().status.as_u16(), 204);
+    let r = a.get("k", "").await.unwrap();
+    assert_eq!(r.status.as_u16(), 200);
+    assert_eq!(r.body, Bytes::from_static(b"later"));
+}
+
+/// Riak's sibling explosion: two clients interleave 100 writes each to one key, each with
+/// the context of its own previous response. Siblings never exceed 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn interleaved_clients_do_not_explode_siblings() {
+    let cluster = Cluster::start(3, Options::default()).await;
+    let clients = [cluster.app_client(0), cluster.app_client(1)];
+    let mut contexts: [Option<String>; 2] = [None, None];
+    for round in 0..100 {
+        for (i, c) in clients.iter().enumerate() {
+            let r = c.put("hot", Bytes::from(format!("c{i}-{round}")), contexts[i].as_deref(), "").await.unwrap();
+            assert_eq!(r.status.as_u16(), 204, "{}", r.text());
+            contexts[i] = r.header("x-dynamo-context").map(str::to_string);
+        }
+        let read = clients[0].get("hot", "").await.unwrap();
+        let siblings = match read.status.as_u16() {
+            200 => 1,
+            300 => read.json().unwrap()["siblings"].as_array().unwrap().len(),
+            s => panic!("unexpected status {s}"),
+        };
+        assert!(siblings <= 2, "round {round}: {siblings} siblings");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_past_the_sibling_limit_are_refused() {
+    let cluster = Cluster::start(3, Options { max_siblings: 3, ..Default::default() }).await;
+    let c = cluster.app_client(0);
+    for i in 0..3 {
+        assert_eq!(c.put("busy", Bytes::from(format!("{i}")), None, "").await.unwrap().status.as_u16(), 204);
+    }
+    let refused = c.put("busy", Bytes::from_static(b"one too many"), None, "").await.unwrap();
+    assert_eq!(refused.status.as_u16(), 409);
+    assert_eq!(refused.json().unwrap()["code"], "too_many_siblings");
+    let read = c.get("busy", "").await.unwrap();
+    assert_eq!(read.json().unwrap()["siblings"].as_array().unwrap().len(), 3, "the refused write left nothing behind");
+    let ctx = read.json().unwrap()["context"].as_str().unwrap().to_string();
+    assert_eq!(c.put("busy", Bytes::from_static(b"merged"), Some(&ctx), "").await.unwrap().status.as_u16(), 204);
+}
+
+/// A killed member is marked down by every other member within a bound, and up again
+/// after it restarts. With a 200 ms gossip interval the phi detector (threshold 8) needs
+/// a few seconds of silence; the bound asserted is 15 s each way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killed_member_is_marked_down_then_up() {
+    let mut cluster = Cluster::start(4, Options::default()).await;
+    cluster.kill9(3);
+    let started = Instant::now();
+    cluster
+        .wait_for("m3 seen down by all", Duration::from_secs(15), || async {
+            let mut all = true;
+            for i in 0..3 {
+                all &= cluster.sees_alive(i, 3).await == Some(false);
+            }
+            all
+        })
+        .await;
+    let down_after = started.elapsed();
+    cluster.restart(3).await;
+    let restarted = Instant::now();
+    cluster
+        .wait_for("m3 seen up by all", Duration::from_secs(15), || async {
+            let mut all = true;
+            for i in 0..3 {
+                all &= cluster.sees_alive(i, 3).await == Some(true);
+            }
+            all
+        })
+        .await;
+    eprintln!("marked down after {down_after:?}, up again {:?} after restart", restarted.elapsed());
+    let m = cluster.members_view(0).await.unwrap();
+    let generation = m["members"].as_array().unwrap().iter().find(|x| x["id"] == "m3").unwrap()["generation"].as_u64().unwrap();
+    assert!(generation >= 2, "a restart bumps the generation");
+}
+
+/// A member started with another cluster secret is refused, logged and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn peer_without_the_secret_is_refused() {
+    let mut cluster = Cluster::start(3, Options::default()).await;
+    let i = cluster.new_member();
+    cluster.members[i].token = "some-other-secret-0000".into();
+    cluster.start_member(i);
+    cluster
+        .wait_for("refusals counted", Duration::from_secs(20), || async { cluster.metric(0, "dynamo_rpc_auth_failures_total").await > 0.0 })
+        .await;
+    let join = cluster.client(0).admin_post("/v1/cluster/join", serde_json::json!({ "member": cluster.members[i].id })).await.unwrap();
+    assert_eq!(join.status.as_u16(), 400, "an unauthenticated member never becomes known: {}", join.text());
+    let log = std::fs::read_to_string(cluster.members[0].log()).unwrap();
+    assert!(log.contains("refused peer connection"), "the refusal is logged");
+    assert!(!log.contains("some-other-secret"), "secrets never appear in logs");
+}
+
+/// Writes fail (503, never success) when the quorum cannot be met, and report the acks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn write_without_quorum_is_reported_as_failed() {
+    let mut cluster = Cluster::start(3, Options::default()).await;
+    cluster.kill9(1);
+    cluster.kill9(2);
+    let c = cluster.app_client(0);
+    cluster
+        .wait_for("m0 sees both others down", Duration::from_secs(20), || async {
+            cluster.sees_alive(0, 1).await == Some(false) && cluster.sees_alive(0, 2).await == Some(false)
+        })
+        .await;
+    let r = c.put("lonely", Bytes::from_static(b"x"), None, "?w=3").await.unwrap();
+    assert_eq!(r.status.as_u16(), 503, "{}", r.text());
+    let body = r.json().unwrap();
+    assert_eq!(body["code"], "unavailable");
+    assert_eq!(body["needed"], 3);
+    assert!(body["acks"].as_u64().unwrap() < 3);
+    let read = c.get("lonely", "?r=3").await.unwrap();
+    assert_eq!(read.status.as_u16(), 503);
+}
