@@ -97,7 +97,7 @@ impl Metrics {
             hints_pending: gauge(&r, "dynamo_hints_pending", "Hints held for other members."),
             read_repairs: counter(&r, "dynamo_read_repairs_total", "Stale replicas repaired after a read."),
             ae_exchanges: counter_vec(&r, "dynamo_antientropy_exchanges_total", "Merkle exchanges by outcome.", &["result"]),
-            ae_keys_repaired: counter(&r, "dynamo_antientropy_keys_repaired_total", "Keys repaired by anti-entropy."),
+            ae_keys_repaired: counter(&r, "dynamo_antientropy_keys_repaired_total", "Keys anti-entropy repaired, on this member or on the peer it exchanged with."),
             ae_bytes: counter(&r, "dynamo_antientropy_bytes_total", "Bytes received by anti-entropy exchanges."),
             tombstones_reaped: counter(&r, "dynamo_tombstones_reaped_total", "Tombstones removed after every replica held them."),
             handoff_partitions_pending: gauge(&r, "dynamo_handoff_partitions_pending", "Partitions this member still has to receive."),

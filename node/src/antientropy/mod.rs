@@ -232,6 +232,7 @@ impl AntiEntropy {
                 Response::Merged { changed } => {
                     if changed {
                         report.keys_pushed += 1;
+                        self.metrics.ae_keys_repaired.inc();
                     }
                 }
                 other => return Err(format!("unexpected answer {other:?}")),

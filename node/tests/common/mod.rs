@@ -331,6 +331,8 @@ impl Drop for Cluster {
 pub struct Ledger {
     pub acked: Arc<Mutex<BTreeMap<String, String>>>,
     pub failed: Arc<Mutex<u64>>,
+    /// The first few failures, for diagnosis.
+    pub errors: Arc<Mutex<Vec<String>>>,
 }
 
 /// Writes unique keys from `writers` concurrent tasks, round-robin over `endpoints`, for
@@ -354,7 +356,16 @@ pub fn start_workload(endpoints: Vec<String>, writers: usize, count: usize, pref
                     Ok(r) if r.status.as_u16() == 204 => {
                         ledger.acked.lock().insert(key, value);
                     }
-                    _ => *ledger.failed.lock() += 1,
+                    other => {
+                        *ledger.failed.lock() += 1;
+                        let mut errors = ledger.errors.lock();
+                        if errors.len() < 10 {
+                            errors.push(match other {
+                                Ok(r) => format!("{key}: {} {}", r.status, r.text()),
+                                Err(e) => format!("{key}: {e}"),
+                            });
+                        }
+                    }
                 }
             }
         }));
