@@ -1,0 +1,3 @@
+module dynamo-e2e/agent
+
+go 1.22
