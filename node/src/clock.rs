@@ -232,7 +232,9 @@ impl std::str::FromStr for ConflictMode {
         match s {
             "siblings" => Ok(ConflictMode::Siblings),
             "lww" => Ok(ConflictMode::Lww),
-            other => Err(format!("unknown conflict mode {other:?} (expected siblings or lww)")),
+            other => Err(format!(
+                "unknown conflict mode {other:?} (expected siblings or lww)"
+            )),
         }
     }
 }
@@ -293,13 +295,30 @@ impl Object {
     /// Applies a coordinated write: siblings the client's context covers are replaced by
     /// the new one; concurrent siblings stay. Returns the new object and the new dot.
     pub fn write(&self, w: WriteRequest<'_>) -> (Object, Dot) {
-        let counter = self.context.get(w.actor).max(w.context.get(w.actor)).max(w.min_counter) + 1;
-        let dot = Dot { actor: w.actor, counter };
+        let counter = self
+            .context
+            .get(w.actor)
+            .max(w.context.get(w.actor))
+            .max(w.min_counter)
+            + 1;
+        let dot = Dot {
+            actor: w.actor,
+            counter,
+        };
         let mut siblings: Vec<Sibling> = match w.mode {
-            ConflictMode::Siblings => self.siblings.iter().filter(|s| !w.context.contains(s.dot)).cloned().collect(),
+            ConflictMode::Siblings => self
+                .siblings
+                .iter()
+                .filter(|s| !w.context.contains(s.dot))
+                .cloned()
+                .collect(),
             ConflictMode::Lww => Vec::new(),
         };
-        siblings.push(Sibling { dot, value: w.value, timestamp_ms: w.timestamp_ms });
+        siblings.push(Sibling {
+            dot,
+            value: w.value,
+            timestamp_ms: w.timestamp_ms,
+        });
         siblings.sort_by_key(|s| s.dot);
         let mut context = self.context.merged(w.context);
         context.add(dot);
@@ -319,7 +338,11 @@ impl Object {
                 (Some(a), Some(b)) if a.dot == b.dot => {
                     // The same dot is the same write; pick deterministically in case a
                     // corrupted peer sent different bytes under it.
-                    siblings.push(if sibling_order(a, b) == Ordering::Greater { b.clone() } else { a.clone() });
+                    siblings.push(if sibling_order(a, b) == Ordering::Greater {
+                        b.clone()
+                    } else {
+                        a.clone()
+                    });
                     i += 1;
                     j += 1;
                 }
@@ -344,7 +367,10 @@ impl Object {
                 (None, None) => break,
             }
         }
-        let mut obj = Object { context: self.context.merged(&other.context), siblings };
+        let mut obj = Object {
+            context: self.context.merged(&other.context),
+            siblings,
+        };
         if mode == ConflictMode::Lww {
             obj.keep_latest();
         }
@@ -354,7 +380,12 @@ impl Object {
 
     /// Keeps only the sibling with the latest timestamp (dot breaks ties).
     fn keep_latest(&mut self) {
-        if let Some(latest) = self.siblings.iter().max_by(|a, b| a.timestamp_ms.cmp(&b.timestamp_ms).then(a.dot.cmp(&b.dot))).cloned() {
+        if let Some(latest) = self
+            .siblings
+            .iter()
+            .max_by(|a, b| a.timestamp_ms.cmp(&b.timestamp_ms).then(a.dot.cmp(&b.dot)))
+            .cloned()
+        {
             self.siblings = vec![latest];
         }
     }
@@ -381,7 +412,9 @@ impl Object {
     pub fn covers(&self, other: &Object) -> bool {
         self.context.descends(&other.context)
             && other.siblings.iter().all(|s| self.context.contains(s.dot))
-            && self.siblings.iter().all(|s| !other.context.contains(s.dot) || other.siblings.iter().any(|t| t.dot == s.dot))
+            && self.siblings.iter().all(|s| {
+                !other.context.contains(s.dot) || other.siblings.iter().any(|t| t.dot == s.dot)
+            })
     }
 
     /// A 64-bit digest of the object's causal state (context and sibling dots). Two
@@ -403,7 +436,11 @@ impl Object {
 
     /// Newest timestamp among the siblings.
     pub fn latest_timestamp_ms(&self) -> u64 {
-        self.siblings.iter().map(|s| s.timestamp_ms).max().unwrap_or(0)
+        self.siblings
+            .iter()
+            .map(|s| s.timestamp_ms)
+            .max()
+            .unwrap_or(0)
     }
 
     /// Checks the structural invariants of an object decoded from untrusted bytes.
@@ -419,7 +456,9 @@ impl Object {
 }
 
 fn sibling_order(a: &Sibling, b: &Sibling) -> Ordering {
-    a.timestamp_ms.cmp(&b.timestamp_ms).then_with(|| a.value.cmp(&b.value))
+    a.timestamp_ms
+        .cmp(&b.timestamp_ms)
+        .then_with(|| a.value.cmp(&b.value))
 }
 
 #[cfg(test)]
@@ -430,7 +469,10 @@ mod tests {
     fn vv(entries: &[(u64, u64)]) -> VersionVector {
         let mut v = VersionVector::new();
         for &(a, c) in entries {
-            v.add(Dot { actor: ActorId(a), counter: c });
+            v.add(Dot {
+                actor: ActorId(a),
+                counter: c,
+            });
         }
         v
     }
@@ -448,7 +490,9 @@ mod tests {
     }
 
     fn values(obj: &Object) -> Vec<String> {
-        obj.values().map(|s| String::from_utf8(s.value.clone().unwrap().to_vec()).unwrap()).collect()
+        obj.values()
+            .map(|s| String::from_utf8(s.value.clone().unwrap().to_vec()).unwrap())
+            .collect()
     }
 
     #[test]
@@ -487,7 +531,11 @@ mod tests {
             assert!(obj.siblings.len() <= 2);
             obj = put(&obj, 1, &ctx_b, &format!("b{i}"), i);
             ctx_b = obj.context.clone();
-            assert!(obj.siblings.len() <= 2, "round {i}: {} siblings", obj.siblings.len());
+            assert!(
+                obj.siblings.len() <= 2,
+                "round {i}: {} siblings",
+                obj.siblings.len()
+            );
         }
     }
 
@@ -550,15 +598,27 @@ mod tests {
         let v = vv(&[(7, 3), (9, 1)]);
         assert_eq!(VersionVector::from_header(&v.to_header()).unwrap(), v);
         assert_eq!(VersionVector::from_header("!!!"), Err(ContextError::Base64));
-        assert_eq!(VersionVector::from_header(""), Err(ContextError::Malformed("empty")));
+        assert_eq!(
+            VersionVector::from_header(""),
+            Err(ContextError::Malformed("empty"))
+        );
         let wrong_version = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([9u8, 0]);
-        assert_eq!(VersionVector::from_header(&wrong_version), Err(ContextError::Version(9)));
+        assert_eq!(
+            VersionVector::from_header(&wrong_version),
+            Err(ContextError::Version(9))
+        );
         // Unsorted actors are refused.
         let mut raw = vec![CONTEXT_FORMAT_VERSION];
         raw.extend(postcard::to_stdvec(&vec![(ActorId(9), 1u64), (ActorId(7), 1u64)]).unwrap());
         let unsorted = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
-        assert!(matches!(VersionVector::from_header(&unsorted), Err(ContextError::Malformed(_))));
-        assert_eq!(VersionVector::from_header(&"A".repeat(MAX_CONTEXT_BYTES + 1)), Err(ContextError::TooLong));
+        assert!(matches!(
+            VersionVector::from_header(&unsorted),
+            Err(ContextError::Malformed(_))
+        ));
+        assert_eq!(
+            VersionVector::from_header(&"A".repeat(MAX_CONTEXT_BYTES + 1)),
+            Err(ContextError::TooLong)
+        );
     }
 
     #[test]
@@ -579,8 +639,14 @@ mod tests {
     #[derive(Clone, Debug)]
     enum Step {
         /// The coordinating replica is the actor, as in the node.
-        Write { replica: usize, ctx_from: Option<usize> },
-        Sync { from: usize, to: usize },
+        Write {
+            replica: usize,
+            ctx_from: Option<usize>,
+        },
+        Sync {
+            from: usize,
+            to: usize,
+        },
     }
 
     fn step() -> impl Strategy<Value = Step> {

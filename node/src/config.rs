@@ -50,18 +50,32 @@ pub struct ClusterSettings {
 
 impl Default for ClusterSettings {
     fn default() -> Self {
-        ClusterSettings { partitions: ring::DEFAULT_PARTITIONS, n: 3, r: 2, w: 2, conflicts: ConflictMode::Siblings, max_siblings: 100 }
+        ClusterSettings {
+            partitions: ring::DEFAULT_PARTITIONS,
+            n: 3,
+            r: 2,
+            w: 2,
+            conflicts: ConflictMode::Siblings,
+            max_siblings: 100,
+        }
     }
 }
 
 impl ClusterSettings {
     pub fn validate(&self) -> Result<(), ConfigError> {
         ring::validate_partition_count(self.partitions)?;
-        if self.n == 0 || self.n > MAX_N {
-            return Err(ConfigError::ReplicationFactor { n: self.n, max: MAX_N });
+        if self.n == 0 || self.n > MAX_N || 2 * self.n as u64 > u64::from(self.partitions) {
+            return Err(ConfigError::ReplicationFactor {
+                n: self.n,
+                max: MAX_N.min(self.partitions as usize / 2),
+            });
         }
         if self.r == 0 || self.r > self.n || self.w == 0 || self.w > self.n {
-            return Err(ConfigError::Quorum { n: self.n, r: self.r, w: self.w });
+            return Err(ConfigError::Quorum {
+                n: self.n,
+                r: self.r,
+                w: self.w,
+            });
         }
         if self.max_siblings == 0 {
             return Err(ConfigError::MaxSiblings);
@@ -72,22 +86,38 @@ impl ClusterSettings {
 
 /// Checks a member id: short, printable, usable in DNS names and metric labels.
 pub fn validate_member_id(id: &str) -> Result<MemberId, ConfigError> {
-    let ok = !id.is_empty() && id.len() <= 63 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
-    if ok { Ok(MemberId::new(id)) } else { Err(ConfigError::MemberId(id.to_string())) }
+    let ok = !id.is_empty()
+        && id.len() <= 63
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if ok {
+        Ok(MemberId::new(id))
+    } else {
+        Err(ConfigError::MemberId(id.to_string()))
+    }
 }
 
 /// How members decide a peer is down.
 #[derive(Clone, Debug, PartialEq)]
 pub enum FailureDetector {
     /// Phi-accrual over heartbeat inter-arrival times (Hayashibara et al.), as Cassandra.
-    PhiAccrual { threshold: f64, min_std_dev: Duration, max_silence: Duration },
+    PhiAccrual {
+        threshold: f64,
+        min_std_dev: Duration,
+        max_silence: Duration,
+    },
     /// Down after a fixed silence.
     Timeout { after: Duration },
 }
 
 impl Default for FailureDetector {
     fn default() -> Self {
-        FailureDetector::PhiAccrual { threshold: 8.0, min_std_dev: Duration::from_millis(500), max_silence: Duration::from_secs(30) }
+        FailureDetector::PhiAccrual {
+            threshold: 8.0,
+            min_std_dev: Duration::from_millis(500),
+            max_silence: Duration::from_secs(30),
+        }
     }
 }
 
@@ -100,7 +130,10 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_key_bytes: 1024, max_value_bytes: 1 << 20 }
+        Limits {
+            max_key_bytes: 1024,
+            max_value_bytes: 1 << 20,
+        }
     }
 }
 
@@ -196,9 +229,18 @@ mod tests {
     #[test]
     fn settings_validation() {
         assert!(ClusterSettings::default().validate().is_ok());
-        let bad = ClusterSettings { w: 4, ..Default::default() };
-        assert_eq!(bad.validate(), Err(ConfigError::Quorum { n: 3, r: 2, w: 4 }));
-        let bad_q = ClusterSettings { partitions: 100, ..Default::default() };
+        let bad = ClusterSettings {
+            w: 4,
+            ..Default::default()
+        };
+        assert_eq!(
+            bad.validate(),
+            Err(ConfigError::Quorum { n: 3, r: 2, w: 4 })
+        );
+        let bad_q = ClusterSettings {
+            partitions: 100,
+            ..Default::default()
+        };
         assert!(matches!(bad_q.validate(), Err(ConfigError::Ring(_))));
     }
 

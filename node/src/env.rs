@@ -22,7 +22,9 @@ pub struct SystemClock;
 
 impl WallClock for SystemClock {
     fn now_ms(&self) -> u64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
     }
 }
 
@@ -38,8 +40,16 @@ pub struct Env {
 impl Env {
     /// Real network and clock; randomness seeded from `seed`, or from the OS when 0.
     pub fn production(seed: u64) -> Env {
-        let rng = if seed == 0 { ChaCha8Rng::from_os_rng() } else { ChaCha8Rng::seed_from_u64(seed) };
-        Env { network: Arc::new(TcpNetwork), clock: Arc::new(SystemClock), rng: Arc::new(Mutex::new(rng)) }
+        let rng = if seed == 0 {
+            ChaCha8Rng::from_os_rng()
+        } else {
+            ChaCha8Rng::seed_from_u64(seed)
+        };
+        Env {
+            network: Arc::new(TcpNetwork),
+            clock: Arc::new(SystemClock),
+            rng: Arc::new(Mutex::new(rng)),
+        }
     }
 
     pub fn random_u64(&self) -> u64 {

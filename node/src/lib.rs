@@ -18,4 +18,6 @@ pub mod node;
 pub mod replication;
 pub mod ring;
 pub mod rpc;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod storage;

@@ -3,7 +3,8 @@
 //! counters, labels with few values.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Request latency buckets: 100 µs doubling to ~6.5 s; a KV store on a LAN needs
@@ -53,7 +54,8 @@ fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    let c = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
     register(registry, Box::new(c.clone()));
     c
 }
@@ -76,45 +78,157 @@ impl Metrics {
     pub fn new() -> Metrics {
         let r = Registry::new();
         let request_duration = HistogramVec::new(
-            HistogramOpts::new("dynamo_request_duration_seconds", "Client request latency at the member that received it.")
-                .buckets(latency_buckets()),
+            HistogramOpts::new(
+                "dynamo_request_duration_seconds",
+                "Client request latency at the member that received it.",
+            )
+            .buckets(latency_buckets()),
             &["op"],
         )
         .unwrap_or_else(|e| panic!("histogram: {e}"));
         register(&r, Box::new(request_duration.clone()));
-        let members = IntGaugeVec::new(Opts::new("dynamo_members", "Members by state as this member sees them."), &["state"])
-            .unwrap_or_else(|e| panic!("gauge: {e}"));
+        let members = IntGaugeVec::new(
+            Opts::new(
+                "dynamo_members",
+                "Members by state as this member sees them.",
+            ),
+            &["state"],
+        )
+        .unwrap_or_else(|e| panic!("gauge: {e}"));
         register(&r, Box::new(members.clone()));
         Metrics {
-            requests: counter_vec(&r, "dynamo_requests_total", "Client requests by operation and outcome.", &["op", "status"]),
+            requests: counter_vec(
+                &r,
+                "dynamo_requests_total",
+                "Client requests by operation and outcome.",
+                &["op", "status"],
+            ),
             request_duration,
-            quorum_failures: counter_vec(&r, "dynamo_quorum_failures_total", "Requests that could not reach their quorum.", &["op"]),
-            forwarded: counter(&r, "dynamo_forwarded_requests_total", "Client requests forwarded to a primary."),
-            replica_requests: counter_vec(&r, "dynamo_replica_requests_total", "Replica operations served for coordinators.", &["op"]),
-            hints_stored: counter(&r, "dynamo_hints_stored_total", "Hinted writes stored for unreachable members."),
-            hints_delivered: counter(&r, "dynamo_hints_delivered_total", "Hints delivered to their member."),
-            hints_expired: counter(&r, "dynamo_hints_expired_total", "Hints dropped after the tombstone grace period."),
+            quorum_failures: counter_vec(
+                &r,
+                "dynamo_quorum_failures_total",
+                "Requests that could not reach their quorum.",
+                &["op"],
+            ),
+            forwarded: counter(
+                &r,
+                "dynamo_forwarded_requests_total",
+                "Client requests forwarded to a primary.",
+            ),
+            replica_requests: counter_vec(
+                &r,
+                "dynamo_replica_requests_total",
+                "Replica operations served for coordinators.",
+                &["op"],
+            ),
+            hints_stored: counter(
+                &r,
+                "dynamo_hints_stored_total",
+                "Hinted writes stored for unreachable members.",
+            ),
+            hints_delivered: counter(
+                &r,
+                "dynamo_hints_delivered_total",
+                "Hints delivered to their member.",
+            ),
+            hints_expired: counter(
+                &r,
+                "dynamo_hints_expired_total",
+                "Hints dropped after the tombstone grace period.",
+            ),
             hints_pending: gauge(&r, "dynamo_hints_pending", "Hints held for other members."),
-            read_repairs: counter(&r, "dynamo_read_repairs_total", "Stale replicas repaired after a read."),
-            ae_exchanges: counter_vec(&r, "dynamo_antientropy_exchanges_total", "Merkle exchanges by outcome.", &["result"]),
-            ae_keys_repaired: counter(&r, "dynamo_antientropy_keys_repaired_total", "Keys anti-entropy repaired, on this member or on the peer it exchanged with."),
-            ae_bytes: counter(&r, "dynamo_antientropy_bytes_total", "Bytes received by anti-entropy exchanges."),
-            tombstones_reaped: counter(&r, "dynamo_tombstones_reaped_total", "Tombstones removed after every replica held them."),
-            handoff_partitions_pending: gauge(&r, "dynamo_handoff_partitions_pending", "Partitions this member still has to receive."),
-            handoff_bytes: counter(&r, "dynamo_handoff_bytes_total", "Bytes received by ownership handoff."),
-            handoff_keys: counter(&r, "dynamo_handoff_keys_total", "Keys received by ownership handoff."),
-            gossip_rounds: counter(&r, "dynamo_gossip_rounds_total", "Gossip exchanges started by this member."),
+            read_repairs: counter(
+                &r,
+                "dynamo_read_repairs_total",
+                "Stale replicas repaired after a read.",
+            ),
+            ae_exchanges: counter_vec(
+                &r,
+                "dynamo_antientropy_exchanges_total",
+                "Merkle exchanges by outcome.",
+                &["result"],
+            ),
+            ae_keys_repaired: counter(
+                &r,
+                "dynamo_antientropy_keys_repaired_total",
+                "Keys anti-entropy repaired, on this member or on the peer it exchanged with.",
+            ),
+            ae_bytes: counter(
+                &r,
+                "dynamo_antientropy_bytes_total",
+                "Bytes received by anti-entropy exchanges.",
+            ),
+            tombstones_reaped: counter(
+                &r,
+                "dynamo_tombstones_reaped_total",
+                "Tombstones removed after every replica held them.",
+            ),
+            handoff_partitions_pending: gauge(
+                &r,
+                "dynamo_handoff_partitions_pending",
+                "Partitions this member still has to receive.",
+            ),
+            handoff_bytes: counter(
+                &r,
+                "dynamo_handoff_bytes_total",
+                "Bytes received by ownership handoff.",
+            ),
+            handoff_keys: counter(
+                &r,
+                "dynamo_handoff_keys_total",
+                "Keys received by ownership handoff.",
+            ),
+            gossip_rounds: counter(
+                &r,
+                "dynamo_gossip_rounds_total",
+                "Gossip exchanges started by this member.",
+            ),
             gossip_bytes: counter(&r, "dynamo_gossip_bytes_total", "Bytes sent by gossip."),
             members,
-            partitions_owned: gauge(&r, "dynamo_partitions_owned", "Partitions this member owns in the current ring."),
-            partitions_replicated: gauge(&r, "dynamo_partitions_replicated", "Partitions this member holds a replica of."),
-            storage_bytes: gauge(&r, "dynamo_storage_bytes", "Bytes used by the storage engine."),
-            storage_keys: gauge(&r, "dynamo_storage_keys", "Keys stored (including tombstones)."),
+            partitions_owned: gauge(
+                &r,
+                "dynamo_partitions_owned",
+                "Partitions this member owns in the current ring.",
+            ),
+            partitions_replicated: gauge(
+                &r,
+                "dynamo_partitions_replicated",
+                "Partitions this member holds a replica of.",
+            ),
+            storage_bytes: gauge(
+                &r,
+                "dynamo_storage_bytes",
+                "Bytes used by the storage engine.",
+            ),
+            storage_keys: gauge(
+                &r,
+                "dynamo_storage_keys",
+                "Keys stored (including tombstones).",
+            ),
             ring_epoch: gauge(&r, "dynamo_ring_epoch", "Epoch of the current ring."),
-            rpc_auth_failures: counter(&r, "dynamo_rpc_auth_failures_total", "Peer connections refused for a bad cluster secret."),
-            rpc_errors: counter_vec(&r, "dynamo_rpc_errors_total", "Failed calls to other members by kind.", &["kind"]),
-            auth_failures: counter_vec(&r, "dynamo_http_auth_failures_total", "HTTP calls refused for a missing or wrong token.", &["api"]),
-            rejected: counter_vec(&r, "dynamo_rejected_requests_total", "Requests refused before processing.", &["reason"]),
+            rpc_auth_failures: counter(
+                &r,
+                "dynamo_rpc_auth_failures_total",
+                "Peer connections refused for a bad cluster secret.",
+            ),
+            rpc_errors: counter_vec(
+                &r,
+                "dynamo_rpc_errors_total",
+                "Failed calls to other members by kind.",
+                &["kind"],
+            ),
+            auth_failures: counter_vec(
+                &r,
+                "dynamo_http_auth_failures_total",
+                "HTTP calls refused for a missing or wrong token.",
+                &["api"],
+            ),
+            rejected: counter_vec(
+                &r,
+                "dynamo_rejected_requests_total",
+                "Requests refused before processing.",
+                &["reason"],
+            ),
             registry: r,
         }
     }
@@ -122,7 +236,10 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
-        if TextEncoder::new().encode(&self.registry.gather(), &mut buf).is_err() {
+        if TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .is_err()
+        {
             return String::new();
         }
         String::from_utf8(buf).unwrap_or_default()
@@ -137,10 +254,14 @@ mod tests {
     fn registers_and_renders() {
         let m = Metrics::new();
         m.requests.with_label_values(&["get", "ok"]).inc();
-        m.request_duration.with_label_values(&["get"]).observe(0.00042);
+        m.request_duration
+            .with_label_values(&["get"])
+            .observe(0.00042);
         let text = m.render();
         assert!(text.contains("dynamo_requests_total{op=\"get\",status=\"ok\"} 1"));
-        assert!(text.contains("dynamo_request_duration_seconds_bucket{op=\"get\",le=\"0.0008\"} 1"));
+        assert!(
+            text.contains("dynamo_request_duration_seconds_bucket{op=\"get\",le=\"0.0008\"} 1")
+        );
         assert_eq!(latency_buckets().len(), 17);
     }
 }

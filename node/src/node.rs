@@ -9,7 +9,6 @@ use thiserror::Error;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::clock::ActorId;
 use crate::config::{ConfigError, NodeConfig};
 use crate::env::Env;
 use crate::membership::{ClusterView, MemberState, Membership};
@@ -35,7 +34,10 @@ pub enum NodeError {
     #[error("data directory belongs to member {found:?}, not {expected:?}")]
     WrongIdentity { found: String, expected: String },
     #[error("cannot listen on {addr}")]
-    Bind { addr: String, source: std::io::Error },
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("corrupt metadata {what}: {reason}")]
     Corrupt { what: &'static str, reason: String },
     #[error("cannot bootstrap: {0}")]
@@ -82,42 +84,94 @@ pub struct Node {
 
 impl Node {
     /// Opens the data, binds both servers and starts every background task.
-    pub async fn start(mut config: NodeConfig, env: Env, engine: Arc<dyn Engine>) -> Result<Arc<Node>, NodeError> {
+    pub async fn start(
+        mut config: NodeConfig,
+        env: Env,
+        engine: Arc<dyn Engine>,
+    ) -> Result<Arc<Node>, NodeError> {
         config.validate()?;
         let metrics = Metrics::new();
-        let store = Store::open(engine, StoreConfig { durability: config.durability, sync_interval: config.sync_interval })?;
+        let store = Store::open(
+            engine,
+            StoreConfig {
+                durability: config.durability,
+                sync_interval: config.sync_interval,
+            },
+        )?;
 
         let identity = match store.meta_get(META_IDENTITY)? {
             Some(bytes) => {
-                let id: Identity = postcard::from_bytes(&bytes).map_err(|e| NodeError::Corrupt { what: "identity", reason: e.to_string() })?;
+                let id: Identity =
+                    postcard::from_bytes(&bytes).map_err(|e| NodeError::Corrupt {
+                        what: "identity",
+                        reason: e.to_string(),
+                    })?;
                 if id.id != config.id {
-                    return Err(NodeError::WrongIdentity { found: id.id.to_string(), expected: config.id.to_string() });
+                    return Err(NodeError::WrongIdentity {
+                        found: id.id.to_string(),
+                        expected: config.id.to_string(),
+                    });
                 }
                 id
             }
             None => {
-                let id = Identity { id: config.id.clone(), incarnation: env.random_u64() | 1 };
-                store.meta_put(META_IDENTITY, postcard::to_stdvec(&id).ok()).await?;
+                let id = Identity {
+                    id: config.id.clone(),
+                    incarnation: env.random_u64() | 1,
+                };
+                store
+                    .meta_put(META_IDENTITY, postcard::to_stdvec(&id).ok())
+                    .await?;
                 id
             }
         };
         let generation = match store.meta_get(META_GENERATION)? {
-            Some(b) => u64::from_be_bytes(b.as_slice().try_into().map_err(|_| NodeError::Corrupt { what: "generation", reason: "bad length".into() })?) + 1,
+            Some(b) => {
+                u64::from_be_bytes(b.as_slice().try_into().map_err(|_| NodeError::Corrupt {
+                    what: "generation",
+                    reason: "bad length".into(),
+                })?) + 1
+            }
             None => 1,
         };
-        store.meta_put(META_GENERATION, Some(generation.to_be_bytes().to_vec())).await?;
+        store
+            .meta_put(META_GENERATION, Some(generation.to_be_bytes().to_vec()))
+            .await?;
         let view: Option<ClusterView> = match store.meta_get(META_VIEW)? {
-            Some(bytes) => Some(postcard::from_bytes(&bytes).map_err(|e| NodeError::Corrupt { what: "cluster view", reason: e.to_string() })?),
+            Some(bytes) => Some(
+                postcard::from_bytes(&bytes).map_err(|e| NodeError::Corrupt {
+                    what: "cluster view",
+                    reason: e.to_string(),
+                })?,
+            ),
             None => None,
         };
         if let Some(v) = &view {
             store.init_partitions(v.settings.partitions).await?;
         }
 
-        let peer_listener = env.network.bind(&config.peer_listen).await.map_err(|source| NodeError::Bind { addr: config.peer_listen.clone(), source })?;
-        let http_listener = env.network.bind(&config.listen).await.map_err(|source| NodeError::Bind { addr: config.listen.clone(), source })?;
-        let peer_addr = peer_listener.local_addr().unwrap_or_else(|_| config.peer_listen.clone());
-        let http_addr = http_listener.local_addr().unwrap_or_else(|_| config.listen.clone());
+        let peer_listener = env
+            .network
+            .bind(&config.peer_listen)
+            .await
+            .map_err(|source| NodeError::Bind {
+                addr: config.peer_listen.clone(),
+                source,
+            })?;
+        let http_listener =
+            env.network
+                .bind(&config.listen)
+                .await
+                .map_err(|source| NodeError::Bind {
+                    addr: config.listen.clone(),
+                    source,
+                })?;
+        let peer_addr = peer_listener
+            .local_addr()
+            .unwrap_or_else(|_| config.peer_listen.clone());
+        let http_addr = http_listener
+            .local_addr()
+            .unwrap_or_else(|_| config.listen.clone());
         if config.advertise_peer.ends_with(":0") {
             config.advertise_peer = peer_addr.clone();
         }
@@ -125,7 +179,13 @@ impl Node {
             config.advertise = http_addr.clone();
         }
 
-        let rpc = RpcClient::new(env.clone(), config.id.clone(), config.cluster_token.as_bytes(), config.replica_timeout, metrics.clone());
+        let rpc = RpcClient::new(
+            env.clone(),
+            config.id.clone(),
+            config.cluster_token.as_bytes(),
+            config.replica_timeout,
+            metrics.clone(),
+        );
         let me_state = MemberState {
             id: config.id.clone(),
             peer_addr: config.advertise_peer.clone(),
@@ -136,7 +196,14 @@ impl Node {
             pulls_pending: 0,
             incarnation: identity.incarnation,
         };
-        let membership = Membership::new(config.clone(), env.clone(), rpc.clone(), metrics.clone(), me_state, view);
+        let membership = Membership::new(
+            config.clone(),
+            env.clone(),
+            rpc.clone(),
+            metrics.clone(),
+            me_state,
+            view,
+        );
         let services = Services {
             config: config.clone(),
             env: env.clone(),
@@ -145,12 +212,14 @@ impl Node {
             rpc: rpc.clone(),
             metrics: metrics.clone(),
         };
-        let replicator = Replicator::new(ActorId(identity.incarnation), &services);
+        let replicator = Replicator::new(identity.incarnation, generation, &services);
         let handoff = handoff::Handoff::new(&services);
         let antientropy = antientropy::AntiEntropy::new(&services);
 
         if config.bootstrap && membership.view().is_none() {
-            let view = membership.bootstrap(1).map_err(|e| NodeError::Bootstrap(e.to_string()))?;
+            let view = membership
+                .bootstrap(1)
+                .map_err(|e| NodeError::Bootstrap(e.to_string()))?;
             persist_view(&store, &view).await?;
             store.init_partitions(view.settings.partitions).await?;
             tracing::info!(member = %config.id, partitions = view.settings.partitions, "bootstrapped a new cluster");
@@ -175,10 +244,22 @@ impl Node {
             tasks: Mutex::new(Vec::new()),
         });
 
-        let ctx = ServerContext { env, me: config.id.clone(), secret: config.cluster_token.as_bytes().into(), metrics };
-        let handler: Arc<dyn Handler> = Arc::new(PeerService { node: Arc::downgrade(&node) });
+        let ctx = ServerContext {
+            env,
+            me: config.id.clone(),
+            secret: config.cluster_token.as_bytes().into(),
+            metrics,
+        };
+        let handler: Arc<dyn Handler> = Arc::new(PeerService {
+            node: Arc::downgrade(&node),
+        });
         let mut tasks = vec![
-            tokio::spawn(server::serve(peer_listener, handler, ctx, shutdown_rx.clone())),
+            tokio::spawn(server::serve(
+                peer_listener,
+                handler,
+                ctx,
+                shutdown_rx.clone(),
+            )),
             tokio::spawn(api::serve(http_listener, node.clone(), shutdown_rx.clone())),
             tokio::spawn(membership.clone().run_gossip(shutdown_rx.clone())),
             tokio::spawn(replicator.clone().run_hint_delivery(shutdown_rx.clone())),
@@ -207,7 +288,10 @@ impl Node {
 
     /// Creates a new cluster with this member alone (if it has none yet).
     pub async fn bootstrap(&self) -> Result<Arc<ClusterView>, NodeError> {
-        let view = self.membership.bootstrap(1).map_err(|e| NodeError::Bootstrap(e.to_string()))?;
+        let view = self
+            .membership
+            .bootstrap(1)
+            .map_err(|e| NodeError::Bootstrap(e.to_string()))?;
         persist_view(&self.store, &view).await?;
         self.store.init_partitions(view.settings.partitions).await?;
         Ok(view)
@@ -221,7 +305,9 @@ impl Node {
         match view.status_of(&self.config.id) {
             Some(crate::membership::MemberStatus::Up) => Ok(()),
             Some(crate::membership::MemberStatus::Leaving) => Ok(()),
-            Some(crate::membership::MemberStatus::Removed) => Err("removed from the cluster".into()),
+            Some(crate::membership::MemberStatus::Removed) => {
+                Err("removed from the cluster".into())
+            }
             None => Err("waiting to be joined to the cluster".into()),
         }
     }
@@ -240,7 +326,9 @@ async fn follow_views(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
             changed = views.changed() => if changed.is_err() { return },
             _ = shutdown.changed() => return,
         }
-        let Some(view) = views.borrow_and_update().clone() else { continue };
+        let Some(view) = views.borrow_and_update().clone() else {
+            continue;
+        };
         if let Err(e) = node.store.init_partitions(view.settings.partitions).await {
             tracing::error!(error = %e, "preparing storage for the ring failed");
         }
@@ -248,8 +336,12 @@ async fn follow_views(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
             tracing::error!(error = %e, "persisting the cluster view failed");
         }
         let me = &node.config.id;
-        node.metrics.partitions_owned.set(view.current().partitions_of(me).len() as i64);
-        node.metrics.partitions_replicated.set(view.current().replicated_by(me, view.settings.n).len() as i64);
+        node.metrics
+            .partitions_owned
+            .set(view.current().partitions_of(me).len() as i64);
+        node.metrics
+            .partitions_replicated
+            .set(view.current().replicated_by(me, view.settings.n).len() as i64);
     }
 }
 
@@ -263,7 +355,10 @@ impl Handler for PeerService {
         let node = self.node.upgrade();
         Box::pin(async move {
             let Some(node) = node else {
-                return Response::Error(RemoteError::new(ErrorCode::Unavailable, "member is shutting down"));
+                return Response::Error(RemoteError::new(
+                    ErrorCode::Unavailable,
+                    "member is shutting down",
+                ));
             };
             match request {
                 Request::Ping => Response::Pong,
@@ -272,21 +367,43 @@ impl Handler for PeerService {
                     node.membership.handle_push(p);
                     Response::Ack
                 }
-                Request::Replicate { partition, key, object, hint_for, mode } => {
-                    node.replicator.handle_replicate(partition, key, object, hint_for, mode).await
+                Request::Replicate {
+                    partition,
+                    key,
+                    object,
+                    hint_for,
+                    mode,
+                } => {
+                    node.replicator
+                        .handle_replicate(partition, key, object, hint_for, mode)
+                        .await
                 }
-                Request::Read { partition, key, hint_for } => node.replicator.handle_read(partition, &key, hint_for.as_ref()),
-                Request::Coordinate(req) => Response::Client(node.replicator.handle_client(req, true).await),
-                r @ (Request::Join { .. } | Request::Leave { .. }) => match node.membership.accept_as_claimant(r) {
-                    Ok(()) => Response::Ack,
-                    Err(e) => Response::Error(e),
-                },
+                Request::Read {
+                    partition,
+                    key,
+                    hint_for,
+                } => node
+                    .replicator
+                    .handle_read(partition, &key, hint_for.as_ref()),
+                Request::Coordinate(req) => {
+                    Response::Client(node.replicator.handle_client(req, true).await)
+                }
+                r @ (Request::Join { .. } | Request::Leave { .. }) => {
+                    match node.membership.accept_as_claimant(r) {
+                        Ok(()) => Response::Ack,
+                        Err(e) => Response::Error(e),
+                    }
+                }
                 r @ (Request::MerkleRoots { .. }
                 | Request::MerkleNodes { .. }
                 | Request::LeafEntries { .. }
                 | Request::Fetch { .. }
                 | Request::Reap { .. }) => node.antientropy.handle(&peer, r).await,
-                Request::HandoffPull { partition, after, max_bytes } => node.handoff.serve_pull(partition, after, max_bytes),
+                Request::HandoffPull {
+                    partition,
+                    after,
+                    max_bytes,
+                } => node.handoff.serve_pull(partition, after, max_bytes),
             }
         })
     }

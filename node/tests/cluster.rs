@@ -1,4 +1,5 @@
 //! Real processes on loopback: replication, failures, conflicts, membership.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 mod common;
 
@@ -15,7 +16,12 @@ async fn acked_writes_survive(members: usize) {
     for h in handles {
         h.await.unwrap();
     }
-    assert_eq!(ledger.acked.lock().len(), 400, "every write succeeds while all members are up ({} failed)", ledger.failed.lock());
+    assert_eq!(
+        ledger.acked.lock().len(),
+        400,
+        "every write succeeds while all members are up ({} failed)",
+        ledger.failed.lock()
+    );
     for via in 0..members {
         let bad = verify_ledger(&cluster, via, &ledger).await;
         assert!(bad.is_empty(), "read through m{via}: {bad:?}");
@@ -33,8 +39,17 @@ async fn five_members_read_back_every_acknowledged_write() {
 }
 
 /// Keys (of `keys`) that member `id` replicates according to the ring JSON of the admin API.
-fn keys_replicated_by(ring: &serde_json::Value, id: &str, keys: impl Iterator<Item = String>) -> usize {
-    let owners: Vec<String> = ring["owners"].as_array().unwrap().iter().map(|o| o.as_str().unwrap().to_string()).collect();
+fn keys_replicated_by(
+    ring: &serde_json::Value,
+    id: &str,
+    keys: impl Iterator<Item = String>,
+) -> usize {
+    let owners: Vec<String> = ring["owners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_str().unwrap().to_string())
+        .collect();
     let n = ring["settings"]["n"].as_u64().unwrap() as usize;
     let q = owners.len() as u32;
     keys.filter(|k| {
@@ -60,7 +75,10 @@ fn keys_replicated_by(ring: &serde_json::Value, id: &str, keys: impl Iterator<It
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killed_member_gets_its_writes_by_hinted_handoff() {
     // Anti-entropy is pushed far out so that only hinted handoff can refill m3.
-    let opts = Options { extra: vec!["--anti-entropy-interval-s=3600".into()], ..Default::default() };
+    let opts = Options {
+        extra: vec!["--anti-entropy-interval-s=3600".into()],
+        ..Default::default()
+    };
     let mut cluster = Cluster::start(4, opts).await;
     let endpoints: Vec<String> = (0..3).map(|i| cluster.members[i].http()).collect();
     let (ledger, stop, handles) = start_workload(endpoints.clone(), 3, 100_000, "during");
@@ -72,40 +90,57 @@ async fn killed_member_gets_its_writes_by_hinted_handoff() {
         h.await.unwrap();
     }
     let failed = *ledger.failed.lock();
-    assert!(ledger.acked.lock().len() > 100, "writes kept succeeding ({failed} failed)");
+    assert!(
+        ledger.acked.lock().len() > 100,
+        "writes kept succeeding ({failed} failed)"
+    );
     cluster
-        .wait_for("m3 seen down", Duration::from_secs(15), || async { cluster.sees_alive(0, 3).await == Some(false) })
+        .wait_for("m3 seen down", Duration::from_secs(15), || async {
+            cluster.sees_alive(0, 3).await == Some(false)
+        })
         .await;
     // Once the failure is detected every write succeeds.
     let (after, _, h2) = start_workload(endpoints, 3, 50, "after");
     for h in h2 {
         h.await.unwrap();
     }
-    assert_eq!(*after.failed.lock(), 0, "writes with one member down must all succeed");
+    assert_eq!(
+        *after.failed.lock(),
+        0,
+        "writes with one member down must all succeed"
+    );
     let mut pending = 0.0;
     for i in 0..3 {
         pending += cluster.metric(i, "dynamo_hints_pending").await;
     }
     cluster
-        .wait_for("hints counted as pending", Duration::from_secs(5), || async {
-            let mut p = 0.0;
-            for i in 0..3 {
-                p += cluster.metric(i, "dynamo_hints_pending").await;
-            }
-            p > 0.0
-        })
+        .wait_for(
+            "hints counted as pending",
+            Duration::from_secs(5),
+            || async {
+                let mut p = 0.0;
+                for i in 0..3 {
+                    p += cluster.metric(i, "dynamo_hints_pending").await;
+                }
+                p > 0.0
+            },
+        )
         .await;
     eprintln!("hints pending before restart: {pending}");
 
     cluster.restart(3).await;
     cluster
-        .wait_for("hint queues drain to zero", Duration::from_secs(60), || async {
-            let mut p = 0.0;
-            for i in 0..3 {
-                p += cluster.metric(i, "dynamo_hints_pending").await;
-            }
-            p == 0.0
-        })
+        .wait_for(
+            "hint queues drain to zero",
+            Duration::from_secs(60),
+            || async {
+                let mut p = 0.0;
+                for i in 0..3 {
+                    p += cluster.metric(i, "dynamo_hints_pending").await;
+                }
+                p == 0.0
+            },
+        )
         .await;
     let mut delivered = 0.0;
     for i in 0..3 {
@@ -113,13 +148,29 @@ async fn killed_member_gets_its_writes_by_hinted_handoff() {
     }
     assert!(delivered > 0.0);
     let ring = cluster.ring(0).await.unwrap();
-    let all_keys = ledger.acked.lock().keys().cloned().chain(after.acked.lock().keys().cloned()).collect::<Vec<_>>();
+    let all_keys = ledger
+        .acked
+        .lock()
+        .keys()
+        .cloned()
+        .chain(after.acked.lock().keys().cloned())
+        .collect::<Vec<_>>();
     let expected = keys_replicated_by(&ring, "m3", all_keys.into_iter());
-    let held = cluster.client(3).admin_get("/v1/cluster/antientropy").await.unwrap().json().unwrap()["keys"].as_u64().unwrap() as usize;
-    assert!(held >= expected, "m3 holds {held} keys, expected at least {expected}");
-    for bad in verify_ledger(&cluster, 3, &after).await {
-        panic!("{bad}");
-    }
+    let held = cluster
+        .client(3)
+        .admin_get("/v1/cluster/antientropy")
+        .await
+        .unwrap()
+        .json()
+        .unwrap()["keys"]
+        .as_u64()
+        .unwrap() as usize;
+    assert!(
+        held >= expected,
+        "m3 holds {held} keys, expected at least {expected}"
+    );
+    let bad = verify_ledger(&cluster, 3, &after).await;
+    assert!(bad.is_empty(), "{bad:?}");
 }
 
 /// Two clients write with the same stale context: both values come back as siblings;
@@ -128,10 +179,27 @@ async fn killed_member_gets_its_writes_by_hinted_handoff() {
 async fn concurrent_writes_become_siblings_and_resolve() {
     let cluster = Cluster::start(3, Options::default()).await;
     let (a, b) = (cluster.app_client(0), cluster.app_client(1));
-    let first = a.put("shared", Bytes::from_static(b"v0"), None, "").await.unwrap();
+    let first = a
+        .put("shared", Bytes::from_static(b"v0"), None, "")
+        .await
+        .unwrap();
     let ctx = first.header("x-dynamo-context").unwrap().to_string();
-    assert_eq!(a.put("shared", Bytes::from_static(b"from-a"), Some(&ctx), "").await.unwrap().status.as_u16(), 204);
-    assert_eq!(b.put("shared", Bytes::from_static(b"from-b"), Some(&ctx), "").await.unwrap().status.as_u16(), 204);
+    assert_eq!(
+        a.put("shared", Bytes::from_static(b"from-a"), Some(&ctx), "")
+            .await
+            .unwrap()
+            .status
+            .as_u16(),
+        204
+    );
+    assert_eq!(
+        b.put("shared", Bytes::from_static(b"from-b"), Some(&ctx), "")
+            .await
+            .unwrap()
+            .status
+            .as_u16(),
+        204
+    );
     let read = a.get("shared", "").await.unwrap();
     assert_eq!(read.status.as_u16(), 300, "siblings: {}", read.text());
     let body = read.json().unwrap();
@@ -141,13 +209,25 @@ async fn concurrent_writes_become_siblings_and_resolve() {
         .iter()
         .map(|s| {
             use base64::Engine as _;
-            String::from_utf8(base64::engine::general_purpose::STANDARD.decode(s["value"].as_str().unwrap()).unwrap()).unwrap()
+            String::from_utf8(
+                base64::engine::general_purpose::STANDARD
+                    .decode(s["value"].as_str().unwrap())
+                    .unwrap(),
+            )
+            .unwrap()
         })
         .collect();
     values.sort();
     assert_eq!(values, vec!["from-a", "from-b"]);
     let merged = body["context"].as_str().unwrap().to_string();
-    assert_eq!(b.put("shared", Bytes::from_static(b"resolved"), Some(&merged), "").await.unwrap().status.as_u16(), 204);
+    assert_eq!(
+        b.put("shared", Bytes::from_static(b"resolved"), Some(&merged), "")
+            .await
+            .unwrap()
+            .status
+            .as_u16(),
+        204
+    );
     let after = a.get("shared", "").await.unwrap();
     assert_eq!(after.status.as_u16(), 200);
     assert_eq!(after.body, Bytes::from_static(b"resolved"));
@@ -155,11 +235,32 @@ async fn concurrent_writes_become_siblings_and_resolve() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn lww_mode_keeps_the_later_write() {
-    let cluster = Cluster::start(3, Options { conflicts: "lww", ..Default::default() }).await;
+    let cluster = Cluster::start(
+        3,
+        Options {
+            conflicts: "lww",
+            ..Default::default()
+        },
+    )
+    .await;
     let (a, b) = (cluster.app_client(0), cluster.app_client(1));
-    assert_eq!(a.put("k", Bytes::from_static(b"earlier"), None, "").await.unwrap().status.as_u16(), 204);
+    assert_eq!(
+        a.put("k", Bytes::from_static(b"earlier"), None, "")
+            .await
+            .unwrap()
+            .status
+            .as_u16(),
+        204
+    );
     tokio::time::sleep(Duration::from_millis(20)).await;
-    assert_eq!(b.put("k", Bytes::from_static(b"later"), None, "").await.unwrap().status.as_u16(), 204);
+    assert_eq!(
+        b.put("k", Bytes::from_static(b"later"), None, "")
+            .await
+            .unwrap()
+            .status
+            .as_u16(),
+        204
+    );
     let r = a.get("k", "").await.unwrap();
     assert_eq!(r.status.as_u16(), 200);
     assert_eq!(r.body, Bytes::from_static(b"later"));
@@ -174,7 +275,15 @@ async fn interleaved_clients_do_not_explode_siblings() {
     let mut contexts: [Option<String>; 2] = [None, None];
     for round in 0..100 {
         for (i, c) in clients.iter().enumerate() {
-            let r = c.put("hot", Bytes::from(format!("c{i}-{round}")), contexts[i].as_deref(), "").await.unwrap();
+            let r = c
+                .put(
+                    "hot",
+                    Bytes::from(format!("c{i}-{round}")),
+                    contexts[i].as_deref(),
+                    "",
+                )
+                .await
+                .unwrap();
             assert_eq!(r.status.as_u16(), 204, "{}", r.text());
             contexts[i] = r.header("x-dynamo-context").map(str::to_string);
         }
@@ -190,18 +299,49 @@ async fn interleaved_clients_do_not_explode_siblings() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn writes_past_the_sibling_limit_are_refused() {
-    let cluster = Cluster::start(3, Options { max_siblings: 3, ..Default::default() }).await;
+    let cluster = Cluster::start(
+        3,
+        Options {
+            max_siblings: 3,
+            ..Default::default()
+        },
+    )
+    .await;
     let c = cluster.app_client(0);
     for i in 0..3 {
-        assert_eq!(c.put("busy", Bytes::from(format!("{i}")), None, "").await.unwrap().status.as_u16(), 204);
+        assert_eq!(
+            c.put("busy", Bytes::from(format!("{i}")), None, "")
+                .await
+                .unwrap()
+                .status
+                .as_u16(),
+            204
+        );
     }
-    let refused = c.put("busy", Bytes::from_static(b"one too many"), None, "").await.unwrap();
+    let refused = c
+        .put("busy", Bytes::from_static(b"one too many"), None, "")
+        .await
+        .unwrap();
     assert_eq!(refused.status.as_u16(), 409);
     assert_eq!(refused.json().unwrap()["code"], "too_many_siblings");
     let read = c.get("busy", "").await.unwrap();
-    assert_eq!(read.json().unwrap()["siblings"].as_array().unwrap().len(), 3, "the refused write left nothing behind");
-    let ctx = read.json().unwrap()["context"].as_str().unwrap().to_string();
-    assert_eq!(c.put("busy", Bytes::from_static(b"merged"), Some(&ctx), "").await.unwrap().status.as_u16(), 204);
+    assert_eq!(
+        read.json().unwrap()["siblings"].as_array().unwrap().len(),
+        3,
+        "the refused write left nothing behind"
+    );
+    let ctx = read.json().unwrap()["context"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        c.put("busy", Bytes::from_static(b"merged"), Some(&ctx), "")
+            .await
+            .unwrap()
+            .status
+            .as_u16(),
+        204
+    );
 }
 
 /// A killed member is marked down by every other member within a bound, and up again
@@ -233,9 +373,19 @@ async fn killed_member_is_marked_down_then_up() {
             all
         })
         .await;
-    eprintln!("marked down after {down_after:?}, up again {:?} after restart", restarted.elapsed());
+    eprintln!(
+        "marked down after {down_after:?}, up again {:?} after restart",
+        restarted.elapsed()
+    );
     let m = cluster.members_view(0).await.unwrap();
-    let generation = m["members"].as_array().unwrap().iter().find(|x| x["id"] == "m3").unwrap()["generation"].as_u64().unwrap();
+    let generation = m["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == "m3")
+        .unwrap()["generation"]
+        .as_u64()
+        .unwrap();
     assert!(generation >= 2, "a restart bumps the generation");
 }
 
@@ -247,13 +397,33 @@ async fn peer_without_the_secret_is_refused() {
     cluster.members[i].token = "some-other-secret-0000".into();
     cluster.start_member(i);
     cluster
-        .wait_for("refusals counted", Duration::from_secs(20), || async { cluster.metric(0, "dynamo_rpc_auth_failures_total").await > 0.0 })
+        .wait_for("refusals counted", Duration::from_secs(20), || async {
+            cluster.metric(0, "dynamo_rpc_auth_failures_total").await > 0.0
+        })
         .await;
-    let join = cluster.client(0).admin_post("/v1/cluster/join", serde_json::json!({ "member": cluster.members[i].id })).await.unwrap();
-    assert_eq!(join.status.as_u16(), 400, "an unauthenticated member never becomes known: {}", join.text());
+    let join = cluster
+        .client(0)
+        .admin_post(
+            "/v1/cluster/join",
+            serde_json::json!({ "member": cluster.members[i].id }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        join.status.as_u16(),
+        400,
+        "an unauthenticated member never becomes known: {}",
+        join.text()
+    );
     let log = std::fs::read_to_string(cluster.members[0].log()).unwrap();
-    assert!(log.contains("refused peer connection"), "the refusal is logged");
-    assert!(!log.contains("some-other-secret"), "secrets never appear in logs");
+    assert!(
+        log.contains("refused peer connection"),
+        "the refusal is logged"
+    );
+    assert!(
+        !log.contains("some-other-secret"),
+        "secrets never appear in logs"
+    );
 }
 
 /// Writes fail (503, never success) when the quorum cannot be met, and report the acks.
@@ -264,11 +434,19 @@ async fn write_without_quorum_is_reported_as_failed() {
     cluster.kill9(2);
     let c = cluster.app_client(0);
     cluster
-        .wait_for("m0 sees both others down", Duration::from_secs(20), || async {
-            cluster.sees_alive(0, 1).await == Some(false) && cluster.sees_alive(0, 2).await == Some(false)
-        })
+        .wait_for(
+            "m0 sees both others down",
+            Duration::from_secs(20),
+            || async {
+                cluster.sees_alive(0, 1).await == Some(false)
+                    && cluster.sees_alive(0, 2).await == Some(false)
+            },
+        )
         .await;
-    let r = c.put("lonely", Bytes::from_static(b"x"), None, "?w=3").await.unwrap();
+    let r = c
+        .put("lonely", Bytes::from_static(b"x"), None, "?w=3")
+        .await
+        .unwrap();
     assert_eq!(r.status.as_u16(), 503, "{}", r.text());
     let body = r.json().unwrap();
     assert_eq!(body["code"], "unavailable");

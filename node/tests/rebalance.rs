@@ -1,4 +1,5 @@
 //! Membership changes and repair with real processes, under a concurrent write workload.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 mod common;
 
@@ -9,7 +10,12 @@ use common::{Cluster, Options, start_workload, verify_ledger};
 
 async fn check_ring_balanced_and_spaced(cluster: &Cluster, members: usize) {
     let ring = cluster.ring(0).await.unwrap();
-    let counts: Vec<u64> = ring["members"].as_array().unwrap().iter().map(|m| m["partitions"].as_u64().unwrap()).collect();
+    let counts: Vec<u64> = ring["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["partitions"].as_u64().unwrap())
+        .collect();
     assert_eq!(counts.len(), members);
     let (min, max) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
     assert!(max - min <= 1, "balanced within one partition: {counts:?}");
@@ -19,7 +25,12 @@ async fn check_ring_balanced_and_spaced(cluster: &Cluster, members: usize) {
 }
 
 async fn handoffs_pending(cluster: &Cluster, i: usize) -> Option<u64> {
-    let r = cluster.client(i).admin_get("/v1/cluster/handoffs").await.ok()?.json()?;
+    let r = cluster
+        .client(i)
+        .admin_get("/v1/cluster/handoffs")
+        .await
+        .ok()?
+        .json()?;
     Some(r["pending"].as_u64()? + u64::from(r["inTransition"] == true))
 }
 
@@ -27,7 +38,14 @@ async fn handoffs_pending(cluster: &Cluster, i: usize) -> Option<u64> {
 /// write is readable at the end, the ring is balanced and spaced, and nothing is pending.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn grow_and_shrink_under_load_loses_nothing() {
-    let mut cluster = Cluster::start(3, Options { partitions: 64, ..Default::default() }).await;
+    let mut cluster = Cluster::start(
+        3,
+        Options {
+            partitions: 64,
+            ..Default::default()
+        },
+    )
+    .await;
     let endpoints: Vec<String> = (0..3).map(|i| cluster.members[i].http()).collect();
     let (ledger, stop, handles) = start_workload(endpoints, 4, 1_000_000, "grow");
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -51,8 +69,16 @@ async fn grow_and_shrink_under_load_loses_nothing() {
     let still: Vec<usize> = vec![0, a, b];
     cluster
         .wait_for("m1 and m2 removed", Duration::from_secs(120), || async {
-            let Some(v) = cluster.members_view(0).await else { return false };
-            let removed = |id: &str| v["members"].as_array().unwrap().iter().any(|m| m["id"] == id && m["status"] == "removed");
+            let Some(v) = cluster.members_view(0).await else {
+                return false;
+            };
+            let removed = |id: &str| {
+                v["members"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|m| m["id"] == id && m["status"] == "removed")
+            };
             removed("m1") && removed("m2")
         })
         .await;
@@ -63,14 +89,27 @@ async fn grow_and_shrink_under_load_loses_nothing() {
     cluster.kill9(1);
     cluster.kill9(2);
     for &i in &still {
-        cluster.wait_for("no handoff pending", Duration::from_secs(60), || async { handoffs_pending(&cluster, i).await == Some(0) }).await;
+        cluster
+            .wait_for("no handoff pending", Duration::from_secs(60), || async {
+                handoffs_pending(&cluster, i).await == Some(0)
+            })
+            .await;
     }
     check_ring_balanced_and_spaced(&cluster, 3).await;
     let acked = ledger.acked.lock().len();
-    assert!(acked > 200, "the workload ran ({acked} acknowledged, {} failed)", ledger.failed.lock());
+    assert!(
+        acked > 200,
+        "the workload ran ({acked} acknowledged, {} failed)",
+        ledger.failed.lock()
+    );
     for &via in &still {
         let bad = verify_ledger(&cluster, via, &ledger).await;
-        assert!(bad.is_empty(), "{} of {acked} acknowledged writes unreadable through m{via}: {:?}", bad.len(), &bad[..bad.len().min(5)]);
+        assert!(
+            bad.is_empty(),
+            "{} of {acked} acknowledged writes unreadable through m{via}: {:?}",
+            bad.len(),
+            &bad[..bad.len().min(5)]
+        );
     }
     // A leave that would drop below N is refused.
     let r = cluster.leave(0, a).await;
@@ -81,7 +120,10 @@ async fn grow_and_shrink_under_load_loses_nothing() {
 /// touching the keys.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn wiped_member_is_refilled_by_anti_entropy() {
-    let opts = Options { extra: vec!["--anti-entropy-interval-s=2".into()], ..Default::default() };
+    let opts = Options {
+        extra: vec!["--anti-entropy-interval-s=2".into()],
+        ..Default::default()
+    };
     let mut cluster = Cluster::start(3, opts).await;
     let endpoints: Vec<String> = (0..3).map(|i| cluster.members[i].http()).collect();
     let (ledger, _, handles) = start_workload(endpoints, 4, 250, "ae");
@@ -96,16 +138,27 @@ async fn wiped_member_is_refilled_by_anti_entropy() {
     cluster.restart(2).await;
     let c = cluster.client(2);
     cluster
-        .wait_for("m2 refilled by anti-entropy", Duration::from_secs(90), || async {
-            c.admin_get("/v1/cluster/antientropy").await.ok().and_then(|r| r.json()).and_then(|j| j["keys"].as_u64()) == Some(keys)
-        })
+        .wait_for(
+            "m2 refilled by anti-entropy",
+            Duration::from_secs(90),
+            || async {
+                c.admin_get("/v1/cluster/antientropy")
+                    .await
+                    .ok()
+                    .and_then(|r| r.json())
+                    .and_then(|j| j["keys"].as_u64())
+                    == Some(keys)
+            },
+        )
         .await;
     // Nothing else could have refilled it: no read ran, no hint was pending.
     let mut repaired = 0.0;
     for i in 0..3 {
         assert_eq!(cluster.metric(i, "dynamo_read_repairs_total").await, 0.0);
         assert_eq!(cluster.metric(i, "dynamo_hints_delivered_total").await, 0.0);
-        repaired += cluster.metric(i, "dynamo_antientropy_keys_repaired_total").await;
+        repaired += cluster
+            .metric(i, "dynamo_antientropy_keys_repaired_total")
+            .await;
     }
     eprintln!("m2 refilled: {repaired} keys pulled by anti-entropy (the rest pushed to it)");
     assert!(repaired > 0.0);
@@ -116,7 +169,10 @@ async fn wiped_member_is_refilled_by_anti_entropy() {
 /// converge to equal Merkle roots.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn partitioned_member_converges_after_healing() {
-    let opts = Options { extra: vec!["--anti-entropy-interval-s=2".into()], ..Default::default() };
+    let opts = Options {
+        extra: vec!["--anti-entropy-interval-s=2".into()],
+        ..Default::default()
+    };
     let cluster = Cluster::start(3, opts).await;
     cluster.signal(2, "STOP");
     let endpoints: Vec<String> = (0..2).map(|i| cluster.members[i].http()).collect();
@@ -124,13 +180,22 @@ async fn partitioned_member_converges_after_healing() {
     for h in handles {
         h.await.unwrap();
     }
-    assert_eq!(ledger.acked.lock().len(), 400, "writes succeed with one member frozen: {:?}", ledger.errors.lock());
+    assert_eq!(
+        ledger.acked.lock().len(),
+        400,
+        "writes succeed with one member frozen: {:?}",
+        ledger.errors.lock()
+    );
     cluster.signal(2, "CONT");
     cluster
-        .wait_for("all replicas have equal Merkle roots", Duration::from_secs(90), || async {
-            let r0 = cluster.roots(0).await;
-            r0 == cluster.roots(1).await && r0 == cluster.roots(2).await && !r0.is_empty()
-        })
+        .wait_for(
+            "all replicas have equal Merkle roots",
+            Duration::from_secs(90),
+            || async {
+                let r0 = cluster.roots(0).await;
+                r0 == cluster.roots(1).await && r0 == cluster.roots(2).await && !r0.is_empty()
+            },
+        )
         .await;
     let bad = verify_ledger(&cluster, 2, &ledger).await;
     assert!(bad.is_empty(), "{bad:?}");

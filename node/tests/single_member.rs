@@ -1,4 +1,5 @@
 //! One member: durability across kill -9, and the client API's answers to bad input.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 mod common;
 
@@ -12,7 +13,12 @@ use dynamo::cli::client::HttpClient;
 use http::Method;
 
 fn single() -> Options {
-    Options { n: 1, r: 1, w: 1, ..Default::default() }
+    Options {
+        n: 1,
+        r: 1,
+        w: 1,
+        ..Default::default()
+    }
 }
 
 /// In fsync mode, kill -9 in the middle of a stream of writes from several clients; after
@@ -33,7 +39,10 @@ async fn kill9_mid_stream_loses_no_acknowledged_write() {
                     return;
                 }
                 let key = format!("w{w}-{i}");
-                match c.put(&key, Bytes::from(format!("value-{w}-{i}")), None, "").await {
+                match c
+                    .put(&key, Bytes::from(format!("value-{w}-{i}")), None, "")
+                    .await
+                {
                     Ok(r) if r.status.as_u16() == 204 => acked.lock().push(key),
                     // The member died mid-request: the write may or may not have landed.
                     _ => return,
@@ -48,13 +57,23 @@ async fn kill9_mid_stream_loses_no_acknowledged_write() {
         t.await.unwrap();
     }
     let acked = acked.lock().clone();
-    assert!(acked.len() > 100, "the stream was running ({} acknowledged)", acked.len());
+    assert!(
+        acked.len() > 100,
+        "the stream was running ({} acknowledged)",
+        acked.len()
+    );
     cluster.restart(0).await;
     let c = cluster.app_client(0);
     cluster
-        .wait_for("member ready after restart", Duration::from_secs(30), || async {
-            c.admin_get("/readyz").await.is_ok_and(|r| r.status.is_success())
-        })
+        .wait_for(
+            "member ready after restart",
+            Duration::from_secs(30),
+            || async {
+                c.admin_get("/readyz")
+                    .await
+                    .is_ok_and(|r| r.status.is_success())
+            },
+        )
         .await;
     let mut missing = Vec::new();
     for key in &acked {
@@ -64,12 +83,27 @@ async fn kill9_mid_stream_loses_no_acknowledged_write() {
             missing.push(format!("{key}: {} {:?}", r.status, r.text()));
         }
     }
-    assert!(missing.is_empty(), "{} of {} acknowledged writes lost: {:?}", missing.len(), acked.len(), &missing[..missing.len().min(10)]);
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged writes lost: {:?}",
+        missing.len(),
+        acked.len(),
+        &missing[..missing.len().min(10)]
+    );
 }
 
-async fn status_and_code(c: &HttpClient, method: Method, path: &str, headers: &[(&str, String)], body: Bytes) -> (u16, String) {
+async fn status_and_code(
+    c: &HttpClient,
+    method: Method,
+    path: &str,
+    headers: &[(&str, String)],
+    body: Bytes,
+) -> (u16, String) {
     let r = c.request(method, path, headers, body).await.unwrap();
-    let code = r.json().and_then(|j| j["code"].as_str().map(str::to_string)).unwrap_or_default();
+    let code = r
+        .json()
+        .and_then(|j| j["code"].as_str().map(str::to_string))
+        .unwrap_or_default();
     (r.status.as_u16(), code)
 }
 
@@ -77,38 +111,149 @@ async fn status_and_code(c: &HttpClient, method: Method, path: &str, headers: &[
 /// exactly as it was.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_input_is_refused_and_changes_nothing() {
-    let opts = Options { extra: vec!["--max-key-bytes=64".into(), "--max-value-bytes=1024".into()], ..single() };
+    let opts = Options {
+        extra: vec!["--max-key-bytes=64".into(), "--max-value-bytes=1024".into()],
+        ..single()
+    };
     let cluster = Cluster::start(1, opts).await;
     let c = cluster.app_client(0);
-    let stored = c.put("keep", Bytes::from_static(b"original"), None, "").await.unwrap();
+    let stored = c
+        .put("keep", Bytes::from_static(b"original"), None, "")
+        .await
+        .unwrap();
     assert_eq!(stored.status.as_u16(), 204);
     let ctx = stored.header("x-dynamo-context").unwrap().to_string();
     let before_metrics = cluster.metric(0, "dynamo_storage_keys").await;
 
-    let cases: Vec<(Method, String, Vec<(&str, String)>, Bytes, u16, &str)> = vec![
-        (Method::PUT, "/v1/kv/".into(), vec![], Bytes::from_static(b"x"), 400, "empty_key"),
-        (Method::GET, "/v1/kv/".into(), vec![], Bytes::new(), 400, "empty_key"),
-        (Method::PUT, format!("/v1/kv/{}", "k".repeat(65)), vec![], Bytes::from_static(b"x"), 400, "key_too_long"),
-        (Method::PUT, "/v1/kv/%ff%fe".into(), vec![], Bytes::from_static(b"x"), 400, "key_not_utf8"),
-        (Method::PUT, "/v1/kv/bad%zzescape".into(), vec![], Bytes::from_static(b"x"), 400, "bad_key_encoding"),
-        (Method::PUT, "/v1/kv/keep".into(), vec![], Bytes::from(vec![b'x'; 1025]), 413, "value_too_large"),
-        (Method::PUT, "/v1/kv/keep".into(), vec![("x-dynamo-context", "not*base64".into())], Bytes::from_static(b"x"), 400, "bad_context"),
-        (Method::PUT, "/v1/kv/keep".into(), vec![("x-dynamo-context", "AQ".into())], Bytes::from_static(b"x"), 400, "bad_context"),
-        (Method::DELETE, "/v1/kv/keep".into(), vec![("x-dynamo-context", "Zm9v".into())], Bytes::new(), 400, "bad_context"),
-        (Method::PUT, "/v1/kv/keep?w=9".into(), vec![], Bytes::from_static(b"x"), 400, "bad_quorum"),
-        (Method::GET, "/v1/kv/keep?r=0".into(), vec![], Bytes::new(), 400, "bad_quorum"),
-        (Method::PATCH, "/v1/kv/keep".into(), vec![], Bytes::new(), 405, "method_not_allowed"),
-        (Method::GET, "/v1/nothing".into(), vec![], Bytes::new(), 404, "no_such_endpoint"),
+    // (method, path, headers, body, expected status, expected code)
+    type Case<'a> = (Method, String, Vec<(&'a str, String)>, Bytes, u16, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            Method::PUT,
+            "/v1/kv/".into(),
+            vec![],
+            Bytes::from_static(b"x"),
+            400,
+            "empty_key",
+        ),
+        (
+            Method::GET,
+            "/v1/kv/".into(),
+            vec![],
+            Bytes::new(),
+            400,
+            "empty_key",
+        ),
+        (
+            Method::PUT,
+            format!("/v1/kv/{}", "k".repeat(65)),
+            vec![],
+            Bytes::from_static(b"x"),
+            400,
+            "key_too_long",
+        ),
+        (
+            Method::PUT,
+            "/v1/kv/%ff%fe".into(),
+            vec![],
+            Bytes::from_static(b"x"),
+            400,
+            "key_not_utf8",
+        ),
+        (
+            Method::PUT,
+            "/v1/kv/bad%zzescape".into(),
+            vec![],
+            Bytes::from_static(b"x"),
+            400,
+            "bad_key_encoding",
+        ),
+        (
+            Method::PUT,
+            "/v1/kv/keep".into(),
+            vec![],
+            Bytes::from(vec![b'x'; 1025]),
+            413,
+            "value_too_large",
+        ),
+        (
+            Method::PUT,
+            "/v1/kv/keep".into(),
+            vec![("x-dynamo-context", "not*base64".into())],
+            Bytes::from_static(b"x"),
+            400,
+            "bad_context",
+        ),
+        (
+            Method::PUT,
+            "/v1/kv/keep".into(),
+            vec![("x-dynamo-context", "AQ".into())],
+            Bytes::from_static(b"x"),
+            400,
+            "bad_context",
+        ),
+        (
+            Method::DELETE,
+            "/v1/kv/keep".into(),
+            vec![("x-dynamo-context", "Zm9v".into())],
+            Bytes::new(),
+            400,
+            "bad_context",
+        ),
+        (
+            Method::PUT,
+            "/v1/kv/keep?w=9".into(),
+            vec![],
+            Bytes::from_static(b"x"),
+            400,
+            "bad_quorum",
+        ),
+        (
+            Method::GET,
+            "/v1/kv/keep?r=0".into(),
+            vec![],
+            Bytes::new(),
+            400,
+            "bad_quorum",
+        ),
+        (
+            Method::PATCH,
+            "/v1/kv/keep".into(),
+            vec![],
+            Bytes::new(),
+            405,
+            "method_not_allowed",
+        ),
+        (
+            Method::GET,
+            "/v1/nothing".into(),
+            vec![],
+            Bytes::new(),
+            404,
+            "no_such_endpoint",
+        ),
     ];
     for (method, path, headers, body, status, code) in cases {
-        let (got_status, got_code) = status_and_code(&c, method.clone(), &path, &headers, body).await;
-        assert_eq!((got_status, got_code.as_str()), (status, code), "{method} {path}");
+        let (got_status, got_code) =
+            status_and_code(&c, method.clone(), &path, &headers, body).await;
+        assert_eq!(
+            (got_status, got_code.as_str()),
+            (status, code),
+            "{method} {path}"
+        );
     }
     let r = c.get("keep", "").await.unwrap();
     assert_eq!(r.status.as_u16(), 200);
     assert_eq!(r.body, Bytes::from_static(b"original"));
-    assert_eq!(r.header("x-dynamo-context"), Some(ctx.as_str()), "no bad request changed the version");
-    assert_eq!(cluster.metric(0, "dynamo_storage_keys").await, before_metrics);
+    assert_eq!(
+        r.header("x-dynamo-context"),
+        Some(ctx.as_str()),
+        "no bad request changed the version"
+    );
+    assert_eq!(
+        cluster.metric(0, "dynamo_storage_keys").await,
+        before_metrics
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -116,24 +261,48 @@ async fn get_put_delete_round_trip_with_contexts() {
     let cluster = Cluster::start(1, single()).await;
     let c = cluster.app_client(0);
     assert_eq!(c.get("k", "").await.unwrap().status.as_u16(), 404);
-    let w = c.put("k", Bytes::from_static(b"v1"), None, "").await.unwrap();
+    let w = c
+        .put("k", Bytes::from_static(b"v1"), None, "")
+        .await
+        .unwrap();
     assert_eq!(w.status.as_u16(), 204);
     assert_eq!(w.header("x-dynamo-acks"), Some("1"));
     let r = c.get("k", "").await.unwrap();
     assert_eq!(r.body, Bytes::from_static(b"v1"));
     let ctx = r.header("x-dynamo-context").unwrap().to_string();
-    assert_eq!(c.put("k", Bytes::from_static(b"v2"), Some(&ctx), "").await.unwrap().status.as_u16(), 204);
+    assert_eq!(
+        c.put("k", Bytes::from_static(b"v2"), Some(&ctx), "")
+            .await
+            .unwrap()
+            .status
+            .as_u16(),
+        204
+    );
     let r = c.get("k", "").await.unwrap();
-    assert_eq!(r.status.as_u16(), 200, "a write with the read's context replaces it");
+    assert_eq!(
+        r.status.as_u16(),
+        200,
+        "a write with the read's context replaces it"
+    );
     let ctx = r.header("x-dynamo-context").unwrap().to_string();
     let d = c.delete("k", Some(&ctx), "").await.unwrap();
     assert_eq!(d.status.as_u16(), 204);
     let gone = c.get("k", "").await.unwrap();
     assert_eq!(gone.status.as_u16(), 404);
-    assert!(gone.header("x-dynamo-context").is_some(), "a deleted key still has a context to write after");
+    assert!(
+        gone.header("x-dynamo-context").is_some(),
+        "a deleted key still has a context to write after"
+    );
     // Binary values and odd keys round-trip.
     let value = Bytes::from((0u8..=255).collect::<Vec<u8>>());
-    assert_eq!(c.put("a b/ü?#", value.clone(), None, "").await.unwrap().status.as_u16(), 204);
+    assert_eq!(
+        c.put("a b/ü?#", value.clone(), None, "")
+            .await
+            .unwrap()
+            .status
+            .as_u16(),
+        204
+    );
     assert_eq!(c.get("a b/ü?#", "").await.unwrap().body, value);
     // Health, readiness, metrics.
     assert_eq!(c.admin_get("/healthz").await.unwrap().status.as_u16(), 200);
@@ -149,11 +318,19 @@ async fn admin_api_needs_the_cluster_token() {
     let r = anonymous.admin_get("/v1/cluster/members").await.unwrap();
     assert_eq!(r.status.as_u16(), 401);
     assert_eq!(r.json().unwrap()["code"], "unauthorized");
-    let wrong = HttpClient::new(&cluster.members[0].http(), Some("wrong-token-wrong-token".into()), Duration::from_secs(5));
+    let wrong = HttpClient::new(
+        &cluster.members[0].http(),
+        Some("wrong-token-wrong-token".into()),
+        Duration::from_secs(5),
+    );
     let r = wrong.admin_get("/v1/cluster/ring").await.unwrap();
     assert_eq!(r.status.as_u16(), 403);
     assert!(cluster.metric(0, "dynamo_http_auth_failures_total").await >= 2.0);
-    let ok = cluster.client(0).admin_get("/v1/cluster/ring").await.unwrap();
+    let ok = cluster
+        .client(0)
+        .admin_get("/v1/cluster/ring")
+        .await
+        .unwrap();
     assert_eq!(ok.status.as_u16(), 200);
     assert_eq!(ok.json().unwrap()["settings"]["partitions"], 64);
 }

@@ -75,7 +75,15 @@ fn encoded_len<T: Serialize>(v: &T) -> u64 {
 impl AntiEntropy {
     pub fn new(services: &Services) -> Arc<AntiEntropy> {
         let s = services.clone();
-        Arc::new(AntiEntropy { config: s.config, env: s.env, store: s.store, membership: s.membership, rpc: s.rpc, metrics: s.metrics, last: Mutex::new(None) })
+        Arc::new(AntiEntropy {
+            config: s.config,
+            env: s.env,
+            store: s.store,
+            membership: s.membership,
+            rpc: s.rpc,
+            metrics: s.metrics,
+            last: Mutex::new(None),
+        })
     }
 
     /// The report of the last full round.
@@ -121,11 +129,21 @@ impl AntiEntropy {
             }
             match self.exchange(&peer, &partitions, view).await {
                 Ok(r) => {
-                    self.metrics.ae_exchanges.with_label_values(&[if r.partitions_differing > 0 { "repaired" } else { "in_sync" }]).inc();
+                    self.metrics
+                        .ae_exchanges
+                        .with_label_values(&[if r.partitions_differing > 0 {
+                            "repaired"
+                        } else {
+                            "in_sync"
+                        }])
+                        .inc();
                     total.add(&r);
                 }
                 Err(e) => {
-                    self.metrics.ae_exchanges.with_label_values(&["failed"]).inc();
+                    self.metrics
+                        .ae_exchanges
+                        .with_label_values(&["failed"])
+                        .inc();
                     tracing::debug!(peer = %peer, error = %e, "anti-entropy exchange failed");
                 }
             }
@@ -133,10 +151,22 @@ impl AntiEntropy {
         total
     }
 
-    async fn call(&self, peer: &MemberId, request: Request, report: &mut ExchangeReport) -> Result<Response, String> {
-        let addr = self.membership.peer_addr(peer).ok_or_else(|| format!("no address for {peer}"))?;
+    async fn call(
+        &self,
+        peer: &MemberId,
+        request: Request,
+        report: &mut ExchangeReport,
+    ) -> Result<Response, String> {
+        let addr = self
+            .membership
+            .peer_addr(peer)
+            .ok_or_else(|| format!("no address for {peer}"))?;
         report.bytes += encoded_len(&request);
-        let response = self.rpc.call(&addr, request, self.config.request_timeout).await.map_err(|e| e.to_string())?;
+        let response = self
+            .rpc
+            .call(&addr, request, self.config.request_timeout)
+            .await
+            .map_err(|e| e.to_string())?;
         let n = encoded_len(&response);
         report.bytes += n;
         self.metrics.ae_bytes.inc_by(n);
@@ -144,14 +174,32 @@ impl AntiEntropy {
     }
 
     /// Compares and repairs `partitions` with `peer`, in both directions.
-    pub async fn exchange(&self, peer: &MemberId, partitions: &[PartitionId], view: &ClusterView) -> Result<ExchangeReport, String> {
+    pub async fn exchange(
+        &self,
+        peer: &MemberId,
+        partitions: &[PartitionId],
+        view: &ClusterView,
+    ) -> Result<ExchangeReport, String> {
         let mut report = ExchangeReport::default();
-        let theirs = match self.call(peer, Request::MerkleRoots { partitions: partitions.to_vec() }, &mut report).await? {
+        let theirs = match self
+            .call(
+                peer,
+                Request::MerkleRoots {
+                    partitions: partitions.to_vec(),
+                },
+                &mut report,
+            )
+            .await?
+        {
             Response::Roots(r) => r,
             other => return Err(format!("unexpected answer {other:?}")),
         };
         report.partitions_compared = partitions.len() as u64;
-        let differing: Vec<PartitionId> = theirs.into_iter().filter(|&(p, root)| self.store.merkle_root(p) != root).map(|(p, _)| p).collect();
+        let differing: Vec<PartitionId> = theirs
+            .into_iter()
+            .filter(|&(p, root)| self.store.merkle_root(p) != root)
+            .map(|(p, _)| p)
+            .collect();
         report.partitions_differing = differing.len() as u64;
         for p in differing {
             self.repair_partition(peer, p, view, &mut report).await?;
@@ -159,46 +207,93 @@ impl AntiEntropy {
         Ok(report)
     }
 
-    async fn repair_partition(&self, peer: &MemberId, p: PartitionId, view: &ClusterView, report: &mut ExchangeReport) -> Result<(), String> {
-        let their_middles = match self.call(peer, Request::MerkleNodes { partition: p, middles: None }, report).await? {
+    async fn repair_partition(
+        &self,
+        peer: &MemberId,
+        p: PartitionId,
+        view: &ClusterView,
+        report: &mut ExchangeReport,
+    ) -> Result<(), String> {
+        let their_middles = match self
+            .call(
+                peer,
+                Request::MerkleNodes {
+                    partition: p,
+                    middles: None,
+                },
+                report,
+            )
+            .await?
+        {
             Response::Nodes(n) => n,
             other => return Err(format!("unexpected answer {other:?}")),
         };
-        let our_middles: Vec<u64> = self.store.with_tree(p, |t| t.map_or_else(|| vec![0; FANOUT], |t| t.middle().to_vec()));
+        let our_middles: Vec<u64> = self.store.with_tree(p, |t| {
+            t.map_or_else(|| vec![0; FANOUT], |t| t.middle().to_vec())
+        });
         let middles = differing_middles(&our_middles, &their_middles);
         if middles.is_empty() {
             return Ok(());
         }
-        let request = Request::MerkleNodes { partition: p, middles: Some(middles.iter().map(|&m| m as u16).collect()) };
+        let request = Request::MerkleNodes {
+            partition: p,
+            middles: Some(middles.iter().map(|&m| m as u16).collect()),
+        };
         let their_leaves = match self.call(peer, request, report).await? {
             Response::Nodes(n) => n,
             other => return Err(format!("unexpected answer {other:?}")),
         };
         let mut leaves: BTreeSet<usize> = BTreeSet::new();
         for (i, &m) in middles.iter().enumerate() {
-            let theirs = their_leaves.get(i * FANOUT..(i + 1) * FANOUT).unwrap_or(&[]);
-            let ours: Vec<u64> = self.store.with_tree(p, |t| t.map_or_else(|| vec![0; FANOUT], |t| t.leaves_under(m).to_vec()));
+            let theirs = their_leaves
+                .get(i * FANOUT..(i + 1) * FANOUT)
+                .unwrap_or(&[]);
+            let ours: Vec<u64> = self.store.with_tree(p, |t| {
+                t.map_or_else(|| vec![0; FANOUT], |t| t.leaves_under(m).to_vec())
+            });
             leaves.extend(differing_leaves(m, &ours, theirs));
         }
         if leaves.is_empty() {
             return Ok(());
         }
-        let request = Request::LeafEntries { partition: p, leaves: leaves.iter().map(|&l| l as u16).collect() };
+        let request = Request::LeafEntries {
+            partition: p,
+            leaves: leaves.iter().map(|&l| l as u16).collect(),
+        };
         let their_entries: BTreeMap<Bytes, u64> = match self.call(peer, request, report).await? {
             Response::Entries(e) => e.into_iter().collect(),
             other => return Err(format!("unexpected answer {other:?}")),
         };
-        let our_entries: BTreeMap<Bytes, u64> = self.leaf_entries(p, &leaves)?.into_iter().collect();
+        let our_entries: BTreeMap<Bytes, u64> =
+            self.leaf_entries(p, &leaves)?.into_iter().collect();
         report.keys_compared += (their_entries.len() + our_entries.len()) as u64;
         // Keys whose versions differ, or that one side lacks.
-        let mut to_fetch: Vec<Bytes> = their_entries.iter().filter(|(k, d)| our_entries.get(*k) != Some(d)).map(|(k, _)| k.clone()).collect();
-        let to_push_only: Vec<Bytes> = our_entries.keys().filter(|k| !their_entries.contains_key(*k)).cloned().collect();
+        let mut to_fetch: Vec<Bytes> = their_entries
+            .iter()
+            .filter(|(k, d)| our_entries.get(*k) != Some(d))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let to_push_only: Vec<Bytes> = our_entries
+            .keys()
+            .filter(|k| !their_entries.contains_key(*k))
+            .cloned()
+            .collect();
         let mode = view.settings.conflicts;
         let mut push: Vec<(Bytes, u64)> = Vec::new();
         to_fetch.sort();
         for chunk in to_fetch.chunks(KEY_BATCH) {
             let started = Instant::now();
-            let fetched = match self.call(peer, Request::Fetch { partition: p, keys: chunk.to_vec() }, report).await? {
+            let fetched = match self
+                .call(
+                    peer,
+                    Request::Fetch {
+                        partition: p,
+                        keys: chunk.to_vec(),
+                    },
+                    report,
+                )
+                .await?
+            {
                 Response::Objects(o) => o,
                 other => return Err(format!("unexpected answer {other:?}")),
             };
@@ -208,7 +303,11 @@ impl AntiEntropy {
                     continue;
                 }
                 bytes += encoded_len(&obj);
-                let merged = self.store.merge(p, key.clone(), obj, mode).await.map_err(|e| e.to_string())?;
+                let merged = self
+                    .store
+                    .merge(p, key.clone(), obj, mode)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 if merged.changed {
                     report.keys_pulled += 1;
                     self.metrics.ae_keys_repaired.inc();
@@ -224,8 +323,16 @@ impl AntiEntropy {
             push.push((key, 0));
         }
         for (key, _) in push {
-            let Some(obj) = self.store.get(p, &key).map_err(|e| e.to_string())? else { continue };
-            let request = Request::Replicate { partition: p, key, object: obj, hint_for: None, mode };
+            let Some(obj) = self.store.get(p, &key).map_err(|e| e.to_string())? else {
+                continue;
+            };
+            let request = Request::Replicate {
+                partition: p,
+                key,
+                object: obj,
+                hint_for: None,
+                mode,
+            };
             let started = Instant::now();
             let size = encoded_len(&request);
             match self.call(peer, request, report).await? {
@@ -243,12 +350,19 @@ impl AntiEntropy {
     }
 
     /// `(key, digest)` of the local keys of `p` that fall into `leaves`.
-    fn leaf_entries(&self, p: PartitionId, leaves: &BTreeSet<usize>) -> Result<Vec<(Bytes, u64)>, String> {
+    fn leaf_entries(
+        &self,
+        p: PartitionId,
+        leaves: &BTreeSet<usize>,
+    ) -> Result<Vec<(Bytes, u64)>, String> {
         let q = self.membership.view().map_or(0, |v| v.settings.partitions);
         let mut out = Vec::new();
         let mut after: Option<Bytes> = None;
         loop {
-            let page = self.store.scan_partition(p, after.as_deref(), 1024).map_err(|e| e.to_string())?;
+            let page = self
+                .store
+                .scan_partition(p, after.as_deref(), 1024)
+                .map_err(|e| e.to_string())?;
             let last = page.last().map(|(k, _)| k.clone());
             for (key, obj) in page {
                 if leaves.contains(&leaf_of(key_hash(&key), q)) {
@@ -278,12 +392,30 @@ impl AntiEntropy {
     pub async fn handle(&self, peer: &MemberId, request: Request) -> Response {
         let _ = peer;
         match request {
-            Request::MerkleRoots { partitions } => Response::Roots(partitions.into_iter().map(|p| (p, self.store.merkle_root(p))).collect()),
-            Request::MerkleNodes { partition, middles: None } => {
-                Response::Nodes(self.store.with_tree(partition, |t| t.map_or_else(|| vec![0; FANOUT], |t| t.middle().to_vec())))
-            }
-            Request::MerkleNodes { partition, middles: Some(ms) } => Response::Nodes(self.store.with_tree(partition, |t| {
-                ms.iter().flat_map(|&m| t.map_or_else(|| vec![0; FANOUT], |t| t.leaves_under(usize::from(m)).to_vec())).collect()
+            Request::MerkleRoots { partitions } => Response::Roots(
+                partitions
+                    .into_iter()
+                    .map(|p| (p, self.store.merkle_root(p)))
+                    .collect(),
+            ),
+            Request::MerkleNodes {
+                partition,
+                middles: None,
+            } => Response::Nodes(self.store.with_tree(partition, |t| {
+                t.map_or_else(|| vec![0; FANOUT], |t| t.middle().to_vec())
+            })),
+            Request::MerkleNodes {
+                partition,
+                middles: Some(ms),
+            } => Response::Nodes(self.store.with_tree(partition, |t| {
+                ms.iter()
+                    .flat_map(|&m| {
+                        t.map_or_else(
+                            || vec![0; FANOUT],
+                            |t| t.leaves_under(usize::from(m)).to_vec(),
+                        )
+                    })
+                    .collect()
             })),
             Request::LeafEntries { partition, leaves } => {
                 let leaves: BTreeSet<usize> = leaves.into_iter().map(usize::from).collect();
@@ -298,12 +430,21 @@ impl AntiEntropy {
                     match self.store.get(partition, &key) {
                         Ok(Some(obj)) => out.push((key, obj)),
                         Ok(None) => {}
-                        Err(e) => return Response::Error(RemoteError::new(ErrorCode::Storage, e.to_string())),
+                        Err(e) => {
+                            return Response::Error(RemoteError::new(
+                                ErrorCode::Storage,
+                                e.to_string(),
+                            ));
+                        }
                     }
                 }
                 Response::Objects(out)
             }
-            Request::Reap { partition, key, digest } => match self.store.reap(partition, key, digest).await {
+            Request::Reap {
+                partition,
+                key,
+                digest,
+            } => match self.store.reap(partition, key, digest).await {
                 Ok(done) => {
                     if done {
                         self.metrics.tombstones_reaped.inc();
@@ -312,7 +453,10 @@ impl AntiEntropy {
                 }
                 Err(e) => Response::Error(RemoteError::new(ErrorCode::Storage, e.to_string())),
             },
-            other => Response::Error(RemoteError::new(ErrorCode::BadRequest, format!("{} is not an anti-entropy request", other.kind()))),
+            other => Response::Error(RemoteError::new(
+                ErrorCode::BadRequest,
+                format!("{} is not an anti-entropy request", other.kind()),
+            )),
         }
     }
 
@@ -328,21 +472,28 @@ impl AntiEntropy {
         let mut reaped = 0;
         let mut after: Option<(PartitionId, Bytes)> = None;
         loop {
-            let batch = match self.store.tombstones(after.as_ref().map(|(p, k)| (*p, k.as_ref())), 512) {
+            let batch = match self
+                .store
+                .tombstones(after.as_ref().map(|(p, k)| (*p, k.as_ref())), 512)
+            {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::error!(error = %e, "listing tombstones failed");
                     return reaped;
                 }
             };
-            let Some(last) = batch.last() else { return reaped };
+            let Some(last) = batch.last() else {
+                return reaped;
+            };
             after = Some((last.0, last.1.clone()));
             for (p, key, ts) in batch {
                 if now.saturating_sub(ts) < grace {
                     continue;
                 }
                 let replicas = view.read_set(p);
-                if replicas.first() != Some(&me) || !replicas.iter().all(|m| self.membership.is_alive(m)) {
+                if replicas.first() != Some(&me)
+                    || !replicas.iter().all(|m| self.membership.is_alive(m))
+                {
                     continue;
                 }
                 if self.reap_one(p, &key, &replicas).await {
@@ -353,14 +504,27 @@ impl AntiEntropy {
     }
 
     async fn reap_one(&self, p: PartitionId, key: &Bytes, replicas: &[MemberId]) -> bool {
-        let Ok(Some(local)) = self.store.get(p, key) else { return false };
+        let Ok(Some(local)) = self.store.get(p, key) else {
+            return false;
+        };
         if !local.is_deleted() {
             return false;
         }
         let digest = local.digest();
         let mut scratch = ExchangeReport::default();
         for m in replicas.iter().filter(|m| **m != *self.membership.me()) {
-            match self.call(m, Request::Read { partition: p, key: key.clone(), hint_for: None }, &mut scratch).await {
+            match self
+                .call(
+                    m,
+                    Request::Read {
+                        partition: p,
+                        key: key.clone(),
+                        hint_for: None,
+                    },
+                    &mut scratch,
+                )
+                .await
+            {
                 Ok(Response::Object(Some(o))) if o.digest() == digest => {}
                 _ => return false,
             }
@@ -368,9 +532,24 @@ impl AntiEntropy {
         let mut all = true;
         for m in replicas {
             let done = if m == self.membership.me() {
-                self.store.reap(p, key.clone(), digest).await.unwrap_or(false)
+                self.store
+                    .reap(p, key.clone(), digest)
+                    .await
+                    .unwrap_or(false)
             } else {
-                matches!(self.call(m, Request::Reap { partition: p, key: key.clone(), digest }, &mut scratch).await, Ok(Response::Reaped(true)))
+                matches!(
+                    self.call(
+                        m,
+                        Request::Reap {
+                            partition: p,
+                            key: key.clone(),
+                            digest
+                        },
+                        &mut scratch
+                    )
+                    .await,
+                    Ok(Response::Reaped(true))
+                )
             };
             all &= done;
         }

@@ -49,7 +49,12 @@ pub struct MerkleTree {
 
 impl Default for MerkleTree {
     fn default() -> Self {
-        MerkleTree { leaves: vec![0; LEAVES], middle: vec![0; FANOUT], root: 0, keys: 0 }
+        MerkleTree {
+            leaves: vec![0; LEAVES],
+            middle: vec![0; FANOUT],
+            root: 0,
+            keys: 0,
+        }
     }
 }
 
@@ -96,7 +101,8 @@ impl MerkleTree {
         if self.leaves.len() != LEAVES || self.middle.len() != FANOUT {
             return false;
         }
-        let mids_ok = (0..FANOUT).all(|m| self.leaves_under(m).iter().fold(0, |a, b| a ^ b) == self.middle[m]);
+        let mids_ok = (0..FANOUT)
+            .all(|m| self.leaves_under(m).iter().fold(0, |a, b| a ^ b) == self.middle[m]);
         mids_ok && self.middle.iter().fold(0, |a, b| a ^ b) == self.root
     }
 }
@@ -108,7 +114,10 @@ pub fn differing_middles(a: &[u64], b: &[u64]) -> Vec<usize> {
 
 /// Leaves (global indices) under middle node `m` that differ, given both sides' hashes.
 pub fn differing_leaves(m: usize, a: &[u64], b: &[u64]) -> Vec<usize> {
-    (0..FANOUT).filter(|&i| a.get(i) != b.get(i)).map(|i| m * FANOUT + i).collect()
+    (0..FANOUT)
+        .filter(|&i| a.get(i) != b.get(i))
+        .map(|i| m * FANOUT + i)
+        .collect()
 }
 
 /// All trees of one member, indexed by partition.
@@ -120,14 +129,24 @@ pub struct MerkleForest {
 
 impl MerkleForest {
     pub fn new(partitions: u32) -> Self {
-        MerkleForest { partitions, trees: (0..partitions).map(|_| None).collect() }
+        MerkleForest {
+            partitions,
+            trees: (0..partitions).map(|_| None).collect(),
+        }
     }
 
     pub fn partitions(&self) -> u32 {
         self.partitions
     }
 
-    pub fn apply(&mut self, partition: PartitionId, key: &[u8], key_hash: u64, old_digest: u64, new_digest: u64) {
+    pub fn apply(
+        &mut self,
+        partition: PartitionId,
+        key: &[u8],
+        key_hash: u64,
+        old_digest: u64,
+        new_digest: u64,
+    ) {
         let old = entry_hash(key, old_digest);
         let new = entry_hash(key, new_digest);
         if old == new {
@@ -135,12 +154,15 @@ impl MerkleForest {
         }
         let leaf = leaf_of(key_hash, self.partitions);
         if let Some(slot) = self.trees.get_mut(partition as usize) {
-            slot.get_or_insert_with(Default::default).update(leaf, old, new);
+            slot.get_or_insert_with(Default::default)
+                .update(leaf, old, new);
         }
     }
 
     pub fn tree(&self, partition: PartitionId) -> Option<&MerkleTree> {
-        self.trees.get(partition as usize).and_then(|t| t.as_deref())
+        self.trees
+            .get(partition as usize)
+            .and_then(|t| t.as_deref())
     }
 
     pub fn root(&self, partition: PartitionId) -> u64 {
@@ -161,10 +183,11 @@ impl MerkleForest {
 
     /// Partitions that hold at least one key.
     pub fn populated(&self) -> impl Iterator<Item = (PartitionId, &MerkleTree)> {
-        self.trees
-            .iter()
-            .enumerate()
-            .filter_map(|(p, t)| t.as_deref().filter(|t| t.keys() > 0).map(|t| (p as PartitionId, t)))
+        self.trees.iter().enumerate().filter_map(|(p, t)| {
+            t.as_deref()
+                .filter(|t| t.keys() > 0)
+                .map(|t| (p as PartitionId, t))
+        })
     }
 }
 

@@ -22,6 +22,8 @@ struct MembersBody {
     claimant: Option<MemberId>,
     view_version: u64,
     members: Vec<MemberInfo>,
+    /// Hinted writes this member holds, per member they are for.
+    hints_held: BTreeMap<MemberId, u64>,
 }
 
 #[derive(Serialize)]
@@ -86,17 +88,27 @@ fn remote_error(e: RemoteError) -> ApiError {
     let (status, code) = match e.code {
         ErrorCode::BadRequest => (StatusCode::BAD_REQUEST, "bad_request"),
         ErrorCode::Refused => (StatusCode::CONFLICT, "refused"),
-        ErrorCode::NotClaimant | ErrorCode::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        ErrorCode::NotClaimant | ErrorCode::Unavailable => {
+            (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+        }
         ErrorCode::Storage | ErrorCode::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
     };
     ApiError::new(status, code, e.message)
 }
 
 fn no_view() -> ApiError {
-    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "this member is not part of a cluster yet")
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not_ready",
+        "this member is not part of a cluster yet",
+    )
 }
 
-pub async fn handle(node: &Node, req: Request<Incoming>, path: &str) -> Result<Response<Body>, ApiError> {
+pub async fn handle(
+    node: &Node,
+    req: Request<Incoming>,
+    path: &str,
+) -> Result<Response<Body>, ApiError> {
     check_bearer(&req, &node.config.cluster_token, node, "admin")?;
     let rest = path.trim_start_matches("/v1/cluster").trim_end_matches('/');
     match (req.method().clone(), rest) {
@@ -109,6 +121,7 @@ pub async fn handle(node: &Node, req: Request<Incoming>, path: &str) -> Result<R
                     claimant: node.membership.claimant(),
                     view_version: view.as_ref().map_or(0, |v| v.version),
                     members: node.membership.members(),
+                    hints_held: node.store.hint_counts(),
                 },
             ))
         }
@@ -122,12 +135,26 @@ pub async fn handle(node: &Node, req: Request<Incoming>, path: &str) -> Result<R
                 view_version: view.version,
                 settings: view.settings.clone(),
                 owners: ring.owners(),
-                members: counts.iter().map(|(id, c)| RingMemberBody { id: id.clone(), weight: ring.weight_of(id).unwrap_or(1), partitions: *c }).collect(),
+                members: counts
+                    .iter()
+                    .map(|(id, c)| RingMemberBody {
+                        id: id.clone(),
+                        weight: ring.weight_of(id).unwrap_or(1),
+                        partitions: *c,
+                    })
+                    .collect(),
                 base_epoch: view.base().epoch,
                 in_transition: view.in_transition(),
-                balance: [counts.iter().map(|c| c.1).min().unwrap_or(0), counts.iter().map(|c| c.1).max().unwrap_or(0)],
+                balance: [
+                    counts.iter().map(|c| c.1).min().unwrap_or(0),
+                    counts.iter().map(|c| c.1).max().unwrap_or(0),
+                ],
                 spacing_violations: ring.spacing_violations(view.settings.n),
-                spacing_feasible: planner::spacing_feasible(ring.partition_count(), view.settings.n, &weights),
+                spacing_feasible: planner::spacing_feasible(
+                    ring.partition_count(),
+                    view.settings.n,
+                    &weights,
+                ),
             };
             Ok(json_response(StatusCode::OK, &body))
         }
@@ -164,7 +191,10 @@ pub async fn handle(node: &Node, req: Request<Incoming>, path: &str) -> Result<R
                 &AntiEntropyBody {
                     last_exchange: node.antientropy.last_report(),
                     keys: populated.iter().map(|(_, _, k)| k).sum(),
-                    roots: populated.into_iter().map(|(p, root, _)| (p, format!("{root:016x}"))).collect(),
+                    roots: populated
+                        .into_iter()
+                        .map(|(p, root, _)| (p, format!("{root:016x}")))
+                        .collect(),
                 },
             ))
         }
@@ -173,28 +203,66 @@ pub async fn handle(node: &Node, req: Request<Incoming>, path: &str) -> Result<R
             let join: JoinBody = if body.is_empty() {
                 JoinBody::default()
             } else {
-                serde_json::from_slice(&body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_body", format!("expected {{\"member\": \"id\", \"weight\": 1}}: {e}")))?
+                serde_json::from_slice(&body).map_err(|e| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "bad_body",
+                        format!("expected {{\"member\": \"id\", \"weight\": 1}}: {e}"),
+                    )
+                })?
             };
             let member = match join.member {
-                Some(m) => crate::config::validate_member_id(&m).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_member", e.to_string()))?,
+                Some(m) => crate::config::validate_member_id(&m).map_err(|e| {
+                    ApiError::new(StatusCode::BAD_REQUEST, "bad_member", e.to_string())
+                })?,
                 None => node.config.id.clone(),
             };
-            node.membership.request_join(member.clone(), join.weight.unwrap_or(1)).await.map_err(remote_error)?;
-            Ok(json_response(StatusCode::ACCEPTED, &serde_json::json!({ "member": member, "status": "accepted" })))
+            node.membership
+                .request_join(member.clone(), join.weight.unwrap_or(1))
+                .await
+                .map_err(remote_error)?;
+            Ok(json_response(
+                StatusCode::ACCEPTED,
+                &serde_json::json!({ "member": member, "status": "accepted" }),
+            ))
         }
         (Method::POST, leave) if leave.starts_with("/leave/") => {
             let id = leave.trim_start_matches("/leave/");
-            let member = crate::config::validate_member_id(id).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_member", e.to_string()))?;
-            node.membership.request_leave(member.clone()).await.map_err(remote_error)?;
-            Ok(json_response(StatusCode::ACCEPTED, &serde_json::json!({ "member": member, "status": "leaving" })))
+            let member = crate::config::validate_member_id(id)
+                .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_member", e.to_string()))?;
+            node.membership
+                .request_leave(member.clone())
+                .await
+                .map_err(remote_error)?;
+            Ok(json_response(
+                StatusCode::ACCEPTED,
+                &serde_json::json!({ "member": member, "status": "leaving" }),
+            ))
         }
         (Method::POST, "/bootstrap") => {
             if node.membership.view().is_some() {
-                return Err(ApiError::new(StatusCode::CONFLICT, "already_member", "this member already belongs to a cluster"));
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "already_member",
+                    "this member already belongs to a cluster",
+                ));
             }
-            let view = node.bootstrap().await.map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "bootstrap_failed", e.to_string()))?;
-            Ok(json_response(StatusCode::CREATED, &serde_json::json!({ "epoch": view.current().epoch, "settings": view.settings })))
+            let view = node.bootstrap().await.map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "bootstrap_failed",
+                    e.to_string(),
+                )
+            })?;
+            Ok(json_response(
+                StatusCode::CREATED,
+                &serde_json::json!({ "epoch": view.current().epoch, "settings": view.settings }),
+            ))
         }
-        _ => Err(ApiError::new(StatusCode::NOT_FOUND, "no_such_endpoint", format!("no admin endpoint {} {path}", req.method()))),
+        _ => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_such_endpoint",
+            format!("no admin endpoint {} {path}", req.method()),
+        )),
     }
 }

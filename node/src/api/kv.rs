@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 use serde::Serialize;
 
 use super::{ApiError, Body, json_response, read_body};
-use crate::clock::{ConflictMode, Object, VersionVector};
+use crate::clock::{ConflictMode, Dot, Object, VersionVector};
 use crate::node::Node;
 use crate::replication::{ClientOp, ClientRequest, ClientResponse, RefusalCode};
 
@@ -29,12 +29,36 @@ pub const CONTEXT_HEADER: &str = "x-dynamo-context";
 struct SiblingsBody {
     context: String,
     siblings: Vec<SiblingBody>,
+    /// Versions of concurrent deletes (tombstones) alongside the values.
+    tombstones: Vec<String>,
 }
 
 #[derive(Serialize)]
 struct SiblingBody {
     value: String,
     timestamp_ms: u64,
+    version: String,
+}
+
+/// A write's version as clients see it: the coordinator's actor (hex) and its counter.
+pub fn format_dot(dot: Dot) -> String {
+    format!("{:016x}.{}", dot.actor.0, dot.counter)
+}
+
+/// Versions of every sibling: values as `actor.counter`, tombstones with a `~` suffix.
+fn versions_header(object: &Object) -> String {
+    object
+        .siblings
+        .iter()
+        .map(|s| {
+            if s.is_tombstone() {
+                format!("{}~", format_dot(s.dot))
+            } else {
+                format_dot(s.dot)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Percent-decodes a path segment into bytes; `None` if an escape is malformed.
@@ -58,19 +82,36 @@ pub fn percent_decode(s: &str) -> Option<Vec<u8>> {
 
 /// Validates a raw (still percent-encoded) key from the path.
 pub fn parse_key(raw: &str, max_key_bytes: usize) -> Result<Bytes, ApiError> {
-    let decoded = percent_decode(raw).ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "bad_key_encoding", "the key has a malformed percent-escape"))?;
+    let decoded = percent_decode(raw).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_key_encoding",
+            "the key has a malformed percent-escape",
+        )
+    })?;
     if decoded.is_empty() {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "empty_key", "the key must not be empty"));
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "empty_key",
+            "the key must not be empty",
+        ));
     }
     if decoded.len() > max_key_bytes {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "key_too_long",
-            format!("the key is {} bytes; the limit is {max_key_bytes}", decoded.len()),
+            format!(
+                "the key is {} bytes; the limit is {max_key_bytes}",
+                decoded.len()
+            ),
         ));
     }
     if std::str::from_utf8(&decoded).is_err() {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "key_not_utf8", "the key must be valid UTF-8 after percent-decoding"));
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "key_not_utf8",
+            "the key must be valid UTF-8 after percent-decoding",
+        ));
     }
     Ok(Bytes::from(decoded))
 }
@@ -82,19 +123,32 @@ struct Options {
 }
 
 fn parse_options(query: Option<&str>, n: usize) -> Result<Options, ApiError> {
-    let mut opts = Options { r: None, w: None, conflicts: None };
+    let mut opts = Options {
+        r: None,
+        w: None,
+        conflicts: None,
+    };
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         let quorum = |v: &str| -> Result<usize, ApiError> {
-            v.parse::<usize>().ok().filter(|q| (1..=n).contains(q)).ok_or_else(|| {
-                ApiError::new(StatusCode::BAD_REQUEST, "bad_quorum", format!("{name}={v:?} must be a number from 1 to N = {n}"))
-            })
+            v.parse::<usize>()
+                .ok()
+                .filter(|q| (1..=n).contains(q))
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "bad_quorum",
+                        format!("{name}={v:?} must be a number from 1 to N = {n}"),
+                    )
+                })
         };
         match name {
             "r" => opts.r = Some(quorum(value)?),
             "w" => opts.w = Some(quorum(value)?),
             "conflicts" => {
-                opts.conflicts = Some(value.parse().map_err(|e: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_conflicts", e))?)
+                opts.conflicts = Some(value.parse().map_err(|e: String| {
+                    ApiError::new(StatusCode::BAD_REQUEST, "bad_conflicts", e)
+                })?)
             }
             _ => {}
         }
@@ -106,8 +160,15 @@ fn parse_context(req: &Request<Incoming>) -> Result<VersionVector, ApiError> {
     match req.headers().get(CONTEXT_HEADER) {
         None => Ok(VersionVector::new()),
         Some(v) => {
-            let s = v.to_str().map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "bad_context", "the context header is not ASCII"))?;
-            VersionVector::from_header(s).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_context", e.to_string()))
+            let s = v.to_str().map_err(|_| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_context",
+                    "the context header is not ASCII",
+                )
+            })?;
+            VersionVector::from_header(s)
+                .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_context", e.to_string()))
         }
     }
 }
@@ -118,7 +179,11 @@ fn set_header(resp: &mut Response<Body>, name: &'static str, value: &str) {
     }
 }
 
-pub async fn handle(node: &Node, req: Request<Incoming>, raw_key: &str) -> Result<Response<Body>, ApiError> {
+pub async fn handle(
+    node: &Node,
+    req: Request<Incoming>,
+    raw_key: &str,
+) -> Result<Response<Body>, ApiError> {
     if let Some(token) = &node.config.client_token {
         super::check_bearer(&req, token, node, "client")?;
     }
@@ -126,7 +191,13 @@ pub async fn handle(node: &Node, req: Request<Incoming>, raw_key: &str) -> Resul
         Method::GET | Method::HEAD => "get",
         Method::PUT | Method::POST => "put",
         Method::DELETE => "delete",
-        _ => return Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use GET, PUT or DELETE")),
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "use GET, PUT or DELETE",
+            ));
+        }
     };
     let started = Instant::now();
     let result = handle_op(node, req, raw_key).await;
@@ -139,59 +210,116 @@ pub async fn handle(node: &Node, req: Request<Incoming>, raw_key: &str) -> Resul
         },
         Err(e) => e.code,
     };
-    node.metrics.requests.with_label_values(&[op_name, status]).inc();
-    node.metrics.request_duration.with_label_values(&[op_name]).observe(started.elapsed().as_secs_f64());
+    node.metrics
+        .requests
+        .with_label_values(&[op_name, status])
+        .inc();
+    node.metrics
+        .request_duration
+        .with_label_values(&[op_name])
+        .observe(started.elapsed().as_secs_f64());
     result
 }
 
-async fn handle_op(node: &Node, req: Request<Incoming>, raw_key: &str) -> Result<Response<Body>, ApiError> {
+async fn handle_op(
+    node: &Node,
+    req: Request<Incoming>,
+    raw_key: &str,
+) -> Result<Response<Body>, ApiError> {
     let key = parse_key(raw_key, node.config.limits.max_key_bytes)?;
-    let n = node.membership.view().map_or(node.config.settings.n, |v| v.settings.n);
+    let n = node
+        .membership
+        .view()
+        .map_or(node.config.settings.n, |v| v.settings.n);
     let opts = parse_options(req.uri().query(), n)?;
     let limit = node.config.limits.max_value_bytes;
     let op = match *req.method() {
         Method::GET | Method::HEAD => ClientOp::Get,
         Method::PUT | Method::POST => {
-            let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+            let declared = req
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<usize>().ok());
             if declared.is_some_and(|l| l > limit) {
-                return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "value_too_large", format!("the value exceeds the limit of {limit} bytes")));
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "value_too_large",
+                    format!("the value exceeds the limit of {limit} bytes"),
+                ));
             }
             let context = parse_context(&req)?;
             let value = read_body(req.into_body(), limit).await?;
             ClientOp::Put { value, context }
         }
-        Method::DELETE => ClientOp::Delete { context: parse_context(&req)? },
-        _ => return Err(ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use GET, PUT or DELETE")),
+        Method::DELETE => ClientOp::Delete {
+            context: parse_context(&req)?,
+        },
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "use GET, PUT or DELETE",
+            ));
+        }
     };
-    let request = ClientRequest { key, op, r: opts.r, w: opts.w, conflicts: opts.conflicts };
+    let request = ClientRequest {
+        key,
+        op,
+        r: opts.r,
+        w: opts.w,
+        conflicts: opts.conflicts,
+    };
     let timeout = node.config.request_timeout * 2;
     let response = tokio::time::timeout(timeout, node.replicator.handle_client(request, false))
         .await
-        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", "the request did not complete in time"))?;
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                "the request did not complete in time",
+            )
+        })?;
     render(response)
 }
 
 fn render(response: ClientResponse) -> Result<Response<Body>, ApiError> {
     match response {
         ClientResponse::Read { object, replies, r } => Ok(render_read(&object, replies, r)),
-        ClientResponse::Written { object, acks, w } => {
+        ClientResponse::Written {
+            object,
+            dot,
+            acks,
+            w,
+        } => {
             let mut resp = Response::new(Full::new(Bytes::new()));
             *resp.status_mut() = StatusCode::NO_CONTENT;
             set_header(&mut resp, "x-dynamo-context", &object.context.to_header());
+            set_header(&mut resp, "x-dynamo-version", &format_dot(dot));
             set_header(&mut resp, "x-dynamo-acks", &acks.to_string());
             set_header(&mut resp, "x-dynamo-w", &w.to_string());
             Ok(resp)
         }
-        ClientResponse::Unavailable { needed, acks, reason } => {
+        ClientResponse::Unavailable {
+            needed,
+            acks,
+            reason,
+        } => {
             let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", reason);
             e.acks = Some(acks);
             e.needed = Some(needed);
             Err(e)
         }
         ClientResponse::Refused { code, message } => Err(match code {
-            RefusalCode::TooManySiblings => ApiError::new(StatusCode::CONFLICT, "too_many_siblings", message),
-            RefusalCode::NotReady => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", message),
-            RefusalCode::Storage => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage_error", message),
+            RefusalCode::TooManySiblings => {
+                ApiError::new(StatusCode::CONFLICT, "too_many_siblings", message)
+            }
+            RefusalCode::NotReady => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", message)
+            }
+            RefusalCode::Storage => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage_error", message)
+            }
         }),
     }
 }
@@ -201,16 +329,22 @@ fn render_read(object: &Object, replies: u32, r: u32) -> Response<Body> {
     let values: Vec<_> = object.values().collect();
     let mut resp = match values.as_slice() {
         [] => {
-            let mut resp = ApiError::new(StatusCode::NOT_FOUND, "not_found", "no value for this key").into_response();
+            let mut resp =
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", "no value for this key")
+                    .into_response();
             if object.context.is_empty() {
                 return resp;
             }
             set_header(&mut resp, "x-dynamo-context", &context);
+            set_header(&mut resp, "x-dynamo-versions", &versions_header(object));
             resp
         }
         [one] => {
             let mut resp = Response::new(Full::new(one.value.clone().unwrap_or_default()));
-            resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
             resp
         }
         many => json_response(
@@ -220,14 +354,23 @@ fn render_read(object: &Object, replies: u32, r: u32) -> Response<Body> {
                 siblings: many
                     .iter()
                     .map(|s| SiblingBody {
-                        value: base64::engine::general_purpose::STANDARD.encode(s.value.as_deref().unwrap_or_default()),
+                        value: base64::engine::general_purpose::STANDARD
+                            .encode(s.value.as_deref().unwrap_or_default()),
                         timestamp_ms: s.timestamp_ms,
+                        version: format_dot(s.dot),
                     })
+                    .collect(),
+                tombstones: object
+                    .siblings
+                    .iter()
+                    .filter(|s| s.is_tombstone())
+                    .map(|s| format_dot(s.dot))
                     .collect(),
             },
         ),
     };
     set_header(&mut resp, "x-dynamo-context", &context);
+    set_header(&mut resp, "x-dynamo-versions", &versions_header(object));
     set_header(&mut resp, "x-dynamo-replies", &replies.to_string());
     set_header(&mut resp, "x-dynamo-r", &r.to_string());
     resp
@@ -239,23 +382,47 @@ mod tests {
 
     #[test]
     fn keys_are_validated() {
-        assert_eq!(parse_key("hello%20world", 100).unwrap(), Bytes::from_static(b"hello world"));
+        assert_eq!(
+            parse_key("hello%20world", 100).unwrap(),
+            Bytes::from_static(b"hello world")
+        );
         assert_eq!(parse_key("a/b", 100).unwrap(), Bytes::from_static(b"a/b"));
         assert_eq!(parse_key("", 100).unwrap_err().code, "empty_key");
         assert_eq!(parse_key("%zz", 100).unwrap_err().code, "bad_key_encoding");
         assert_eq!(parse_key("%4", 100).unwrap_err().code, "bad_key_encoding");
         assert_eq!(parse_key("%ff%fe", 100).unwrap_err().code, "key_not_utf8");
-        assert_eq!(parse_key(&"k".repeat(101), 100).unwrap_err().code, "key_too_long");
+        assert_eq!(
+            parse_key(&"k".repeat(101), 100).unwrap_err().code,
+            "key_too_long"
+        );
         assert_eq!(parse_key("%E2%82%AC", 100).unwrap(), Bytes::from("€"));
     }
 
     #[test]
     fn options_are_validated() {
         let o = parse_options(Some("r=1&w=3&conflicts=lww"), 3).unwrap();
-        assert_eq!((o.r, o.w, o.conflicts), (Some(1), Some(3), Some(ConflictMode::Lww)));
-        assert_eq!(parse_options(Some("w=4"), 3).err().unwrap().code, "bad_quorum");
-        assert_eq!(parse_options(Some("r=0"), 3).err().unwrap().code, "bad_quorum");
-        assert_eq!(parse_options(Some("r=x"), 3).err().unwrap().code, "bad_quorum");
-        assert_eq!(parse_options(Some("conflicts=maybe"), 3).err().unwrap().code, "bad_conflicts");
+        assert_eq!(
+            (o.r, o.w, o.conflicts),
+            (Some(1), Some(3), Some(ConflictMode::Lww))
+        );
+        assert_eq!(
+            parse_options(Some("w=4"), 3).err().unwrap().code,
+            "bad_quorum"
+        );
+        assert_eq!(
+            parse_options(Some("r=0"), 3).err().unwrap().code,
+            "bad_quorum"
+        );
+        assert_eq!(
+            parse_options(Some("r=x"), 3).err().unwrap().code,
+            "bad_quorum"
+        );
+        assert_eq!(
+            parse_options(Some("conflicts=maybe"), 3)
+                .err()
+                .unwrap()
+                .code,
+            "bad_conflicts"
+        );
     }
 }

@@ -42,14 +42,21 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), acks: None, needed: None }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            acks: None,
+            needed: None,
+        }
     }
 
     pub fn into_response(self) -> Response<Body> {
         let status = self.status;
         let mut resp = json_response(status, &self);
         if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         resp
     }
@@ -59,14 +66,22 @@ pub fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response<Bo
     let body = serde_json::to_vec_pretty(value).unwrap_or_else(|_| b"{}".to_vec());
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     resp
 }
 
-fn text_response(status: StatusCode, body: impl Into<Bytes>, content_type: &'static str) -> Response<Body> {
+fn text_response(
+    status: StatusCode,
+    body: impl Into<Bytes>,
+    content_type: &'static str,
+) -> Response<Body> {
     let mut resp = Response::new(Full::new(body.into()));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp
 }
 
@@ -74,25 +89,53 @@ fn text_response(status: StatusCode, body: impl Into<Bytes>, content_type: &'sta
 pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-            Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "value_too_large", format!("the body exceeds the limit of {limit} bytes")))
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "value_too_large",
+                format!("the body exceeds the limit of {limit} bytes"),
+            ))
         }
-        Err(e) => Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_body", format!("could not read the body: {e}"))),
+        Err(e) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_body",
+            format!("could not read the body: {e}"),
+        )),
     }
 }
 
 /// Checks `Authorization: Bearer <token>`; 401 when absent, 403 when wrong.
-pub fn check_bearer(req: &Request<Incoming>, token: &str, node: &Node, api: &'static str) -> Result<(), ApiError> {
-    let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+pub fn check_bearer(
+    req: &Request<Incoming>,
+    token: &str,
+    node: &Node,
+    api: &'static str,
+) -> Result<(), ApiError> {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
     match given {
         None => {
             node.metrics.auth_failures.with_label_values(&[api]).inc();
-            Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "this endpoint needs an Authorization: Bearer token"))
+            Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "this endpoint needs an Authorization: Bearer token",
+            ))
         }
         Some(t) if constant_time_eq(t.trim().as_bytes(), token.as_bytes()) => Ok(()),
         Some(_) => {
             node.metrics.auth_failures.with_label_values(&[api]).inc();
-            Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "the token is not valid for this cluster"))
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "the token is not valid for this cluster",
+            ))
         }
     }
 }
@@ -110,7 +153,11 @@ async fn route(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
         let key = key.to_string();
         kv::handle(&node, req, &key).await
     } else if path == "/v1/kv" || path == "/v1/kv/" {
-        Err(ApiError::new(StatusCode::BAD_REQUEST, "empty_key", "the key must not be empty"))
+        Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "empty_key",
+            "the key must not be empty",
+        ))
     } else if path.starts_with("/v1/cluster") {
         admin::handle(&node, req, &path).await
     } else {
@@ -118,21 +165,41 @@ async fn route(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
             (&Method::GET, "/healthz") => Ok(text_response(StatusCode::OK, "ok\n", "text/plain")),
             (&Method::GET, "/readyz") => Ok(match node.readiness() {
                 Ok(()) => text_response(StatusCode::OK, "ready\n", "text/plain"),
-                Err(reason) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", reason).into_response(),
+                Err(reason) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", reason)
+                    .into_response(),
             }),
-            (&Method::GET, "/metrics") => Ok(text_response(StatusCode::OK, node.metrics.render(), "text/plain; version=0.0.4")),
-            _ => Err(ApiError::new(StatusCode::NOT_FOUND, "no_such_endpoint", format!("no endpoint {} {path}", req.method()))),
+            (&Method::GET, "/metrics") => Ok(text_response(
+                StatusCode::OK,
+                node.metrics.render(),
+                "text/plain; version=0.0.4",
+            )),
+            _ => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no_such_endpoint",
+                format!("no endpoint {} {path}", req.method()),
+            )),
         }
     };
     result.unwrap_or_else(ApiError::into_response)
 }
 
 /// Serves HTTP on `listener` until `shutdown`, then lets open requests finish.
-pub async fn serve(mut listener: Box<dyn Listener>, node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    mut listener: Box<dyn Listener>,
+    node: Arc<Node>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT).keep_alive(true);
-    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256);
     loop {
         let (conn, _addr) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -150,7 +217,9 @@ pub async fn serve(mut listener: Box<dyn Listener>, node: Arc<Node>, mut shutdow
             let node = node.clone();
             async move { Ok::<_, Infallible>(route(node, req).await) }
         });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(conn), service).into_owned();
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(conn), service)
+            .into_owned();
         let watched = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = watched.await {

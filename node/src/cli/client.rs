@@ -74,53 +74,135 @@ impl HttpClient {
         };
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
-        HttpClient { client, endpoint, token, timeout }
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        HttpClient {
+            client,
+            endpoint,
+            token,
+            timeout,
+        }
     }
 
     pub fn endpoint(&self) -> &str {
         &self.endpoint
     }
 
-    pub async fn request(&self, method: Method, path: &str, headers: &[(&str, String)], body: Bytes) -> Result<Reply, ClientError> {
-        let mut builder = Request::builder().method(method).uri(format!("{}{}", self.endpoint, path));
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, String)],
+        body: Bytes,
+    ) -> Result<Reply, ClientError> {
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(format!("{}{}", self.endpoint, path));
         if let Some(t) = &self.token {
             builder = builder.header(header::AUTHORIZATION, format!("Bearer {t}"));
         }
         for (name, value) in headers {
             builder = builder.header(*name, value);
         }
-        let req = builder.body(Full::new(body)).map_err(|e| ClientError::Invalid(e.to_string()))?;
+        let req = builder
+            .body(Full::new(body))
+            .map_err(|e| ClientError::Invalid(e.to_string()))?;
         let send = async {
-            let resp = self.client.request(req).await.map_err(|e| ClientError::Unreachable { endpoint: self.endpoint.clone(), reason: error_chain(&e) })?;
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| ClientError::Unreachable {
+                    endpoint: self.endpoint.clone(),
+                    reason: error_chain(&e),
+                })?;
             let (parts, body) = resp.into_parts();
-            let body = body.collect().await.map_err(|e| ClientError::Unreachable { endpoint: self.endpoint.clone(), reason: e.to_string() })?.to_bytes();
-            Ok(Reply { status: parts.status, headers: parts.headers, body })
+            let body = body
+                .collect()
+                .await
+                .map_err(|e| ClientError::Unreachable {
+                    endpoint: self.endpoint.clone(),
+                    reason: e.to_string(),
+                })?
+                .to_bytes();
+            Ok(Reply {
+                status: parts.status,
+                headers: parts.headers,
+                body,
+            })
         };
-        tokio::time::timeout(self.timeout, send).await.map_err(|_| ClientError::Timeout)?
+        tokio::time::timeout(self.timeout, send)
+            .await
+            .map_err(|_| ClientError::Timeout)?
     }
 
     pub async fn get(&self, key: &str, query: &str) -> Result<Reply, ClientError> {
-        self.request(Method::GET, &format!("/v1/kv/{}{query}", encode_key(key)), &[], Bytes::new()).await
+        self.request(
+            Method::GET,
+            &format!("/v1/kv/{}{query}", encode_key(key)),
+            &[],
+            Bytes::new(),
+        )
+        .await
     }
 
-    pub async fn put(&self, key: &str, value: Bytes, context: Option<&str>, query: &str) -> Result<Reply, ClientError> {
-        let headers: Vec<(&str, String)> = context.map(|c| ("x-dynamo-context", c.to_string())).into_iter().collect();
-        self.request(Method::PUT, &format!("/v1/kv/{}{query}", encode_key(key)), &headers, value).await
+    pub async fn put(
+        &self,
+        key: &str,
+        value: Bytes,
+        context: Option<&str>,
+        query: &str,
+    ) -> Result<Reply, ClientError> {
+        let headers: Vec<(&str, String)> = context
+            .map(|c| ("x-dynamo-context", c.to_string()))
+            .into_iter()
+            .collect();
+        self.request(
+            Method::PUT,
+            &format!("/v1/kv/{}{query}", encode_key(key)),
+            &headers,
+            value,
+        )
+        .await
     }
 
-    pub async fn delete(&self, key: &str, context: Option<&str>, query: &str) -> Result<Reply, ClientError> {
-        let headers: Vec<(&str, String)> = context.map(|c| ("x-dynamo-context", c.to_string())).into_iter().collect();
-        self.request(Method::DELETE, &format!("/v1/kv/{}{query}", encode_key(key)), &headers, Bytes::new()).await
+    pub async fn delete(
+        &self,
+        key: &str,
+        context: Option<&str>,
+        query: &str,
+    ) -> Result<Reply, ClientError> {
+        let headers: Vec<(&str, String)> = context
+            .map(|c| ("x-dynamo-context", c.to_string()))
+            .into_iter()
+            .collect();
+        self.request(
+            Method::DELETE,
+            &format!("/v1/kv/{}{query}", encode_key(key)),
+            &headers,
+            Bytes::new(),
+        )
+        .await
     }
 
     pub async fn admin_get(&self, path: &str) -> Result<Reply, ClientError> {
         self.request(Method::GET, path, &[], Bytes::new()).await
     }
 
-    pub async fn admin_post(&self, path: &str, body: serde_json::Value) -> Result<Reply, ClientError> {
+    pub async fn admin_post(
+        &self,
+        path: &str,
+        body: serde_json::Value,
+    ) -> Result<Reply, ClientError> {
         let bytes = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
-        self.request(Method::POST, path, &[("content-type", "application/json".into())], bytes).await
+        self.request(
+            Method::POST,
+            path,
+            &[("content-type", "application/json".into())],
+            bytes,
+        )
+        .await
     }
 }
 
@@ -143,6 +225,9 @@ mod tests {
     fn keys_are_percent_encoded() {
         assert_eq!(encode_key("a b/c"), "a%20b/c");
         assert_eq!(encode_key("€"), "%E2%82%AC");
-        assert_eq!(crate::api::kv::percent_decode(&encode_key("x?y#z%")).unwrap(), b"x?y#z%");
+        assert_eq!(
+            crate::api::kv::percent_decode(&encode_key("x?y#z%")).unwrap(),
+            b"x?y#z%"
+        );
     }
 }

@@ -54,19 +54,28 @@ struct Member {
 fn member_command(exe: &Path, args: &DevArgs, i: u16) -> Result<Command> {
     let dir = args.data_dir.join(format!("node-{i}"));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(args.data_dir.join(format!("node-{i}.log")))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(args.data_dir.join(format!("node-{i}.log")))?;
     let mut cmd = Command::new(exe);
     cmd.arg("node")
         .arg(format!("--id=node-{i}"))
         .arg(format!("--listen=127.0.0.1:{}", args.base_port + i))
-        .arg(format!("--peer-listen=127.0.0.1:{}", args.base_port + 100 + i))
+        .arg(format!(
+            "--peer-listen=127.0.0.1:{}",
+            args.base_port + 100 + i
+        ))
         .arg(format!("--data-dir={}", dir.display()))
         .arg(format!("--cluster-token={DEV_TOKEN}"))
         .arg(format!("--partitions={}", args.partitions))
-        .arg(format!("--durability={}", match args.durability {
-            Durability::Fsync => "fsync",
-            Durability::Periodic => "periodic",
-        }))
+        .arg(format!(
+            "--durability={}",
+            match args.durability {
+                Durability::Fsync => "fsync",
+                Durability::Periodic => "periodic",
+            }
+        ))
         .args(&args.node_args)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -88,8 +97,14 @@ pub async fn run(args: DevArgs) -> Result<i32> {
     let exe = std::env::current_exe().context("locating the dynamo executable")?;
     let mut members = Vec::new();
     for i in 0..args.nodes {
-        let child = member_command(&exe, &args, i)?.spawn().context("starting a member")?;
-        members.push(Member { index: i, http: format!("127.0.0.1:{}", args.base_port + i), child });
+        let child = member_command(&exe, &args, i)?
+            .spawn()
+            .context("starting a member")?;
+        members.push(Member {
+            index: i,
+            http: format!("127.0.0.1:{}", args.base_port + i),
+            child,
+        });
     }
     let result = tokio::select! {
         r = settle(&args, &mut members) => r,
@@ -97,12 +112,19 @@ pub async fn run(args: DevArgs) -> Result<i32> {
     };
     match result {
         Ok(()) => {
-            println!("dynamo dev: {} members up (data and logs in {})", members.len(), args.data_dir.display());
+            println!(
+                "dynamo dev: {} members up (data and logs in {})",
+                members.len(),
+                args.data_dir.display()
+            );
             for m in &members {
                 println!("  node-{}  http://{}", m.index, m.http);
             }
             println!("admin token: {DEV_TOKEN}");
-            println!("try: curl -X PUT --data-binary hello http://{}/v1/kv/greeting", members[0].http);
+            println!(
+                "try: curl -X PUT --data-binary hello http://{}/v1/kv/greeting",
+                members[0].http
+            );
             println!("     curl http://{}/v1/kv/greeting", members[0].http);
             println!("Ctrl-C stops the cluster.");
             let code = tokio::select! {
@@ -137,9 +159,15 @@ async fn watch_children(members: &mut [Member]) -> u16 {
 async fn settle(args: &DevArgs, members: &mut [Member]) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(args.timeout_s);
     let bar = ProgressBar::new_spinner();
-    bar.set_style(ProgressStyle::with_template("{spinner} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
     bar.enable_steady_tick(Duration::from_millis(120));
-    let clients: Vec<HttpClient> = members.iter().map(|m| HttpClient::new(&m.http, Some(DEV_TOKEN.to_string()), Duration::from_secs(5))).collect();
+    let clients: Vec<HttpClient> = members
+        .iter()
+        .map(|m| HttpClient::new(&m.http, Some(DEV_TOKEN.to_string()), Duration::from_secs(5)))
+        .collect();
     for (i, c) in clients.iter().enumerate() {
         bar.set_message(format!("waiting for node-{i} to start"));
         loop {
@@ -147,14 +175,23 @@ async fn settle(args: &DevArgs, members: &mut [Member]) -> Result<()> {
                 && let Ok(Some(status)) = m.child.try_wait()
             {
                 bar.finish_and_clear();
-                bail!("node-{i} exited with {status}; see {}/node-{i}.log", args.data_dir.display());
+                bail!(
+                    "node-{i} exited with {status}; see {}/node-{i}.log",
+                    args.data_dir.display()
+                );
             }
-            if c.admin_get("/healthz").await.is_ok_and(|r| r.status.is_success()) {
+            if c.admin_get("/healthz")
+                .await
+                .is_ok_and(|r| r.status.is_success())
+            {
                 break;
             }
             if Instant::now() > deadline {
                 bar.finish_and_clear();
-                bail!("node-{i} did not start in time; see {}/node-{i}.log", args.data_dir.display());
+                bail!(
+                    "node-{i} did not start in time; see {}/node-{i}.log",
+                    args.data_dir.display()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -164,7 +201,12 @@ async fn settle(args: &DevArgs, members: &mut [Member]) -> Result<()> {
     for i in 1..clients.len() {
         bar.set_message(format!("joining node-{i}"));
         loop {
-            let reply = clients[0].admin_post("/v1/cluster/join", serde_json::json!({ "member": format!("node-{i}") })).await;
+            let reply = clients[0]
+                .admin_post(
+                    "/v1/cluster/join",
+                    serde_json::json!({ "member": format!("node-{i}") }),
+                )
+                .await;
             if reply.as_ref().is_ok_and(|r| r.status.is_success()) {
                 break;
             }
@@ -184,7 +226,10 @@ async fn settle(args: &DevArgs, members: &mut [Member]) -> Result<()> {
         }
         if Instant::now() > deadline {
             bar.finish_and_clear();
-            bail!("the members did not agree on a settled ring within {} s", args.timeout_s);
+            bail!(
+                "the members did not agree on a settled ring within {} s",
+                args.timeout_s
+            );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -194,9 +239,15 @@ async fn settle(args: &DevArgs, members: &mut [Member]) -> Result<()> {
 pub async fn agreed(clients: &[HttpClient]) -> bool {
     let mut epoch = None;
     for c in clients {
-        let Ok(reply) = c.admin_get("/v1/cluster/ring").await else { return false };
-        let Some(json) = reply.json() else { return false };
-        if json["inTransition"].as_bool() != Some(false) || json["members"].as_array().map(Vec::len) != Some(clients.len()) {
+        let Ok(reply) = c.admin_get("/v1/cluster/ring").await else {
+            return false;
+        };
+        let Some(json) = reply.json() else {
+            return false;
+        };
+        if json["inTransition"].as_bool() != Some(false)
+            || json["members"].as_array().map(Vec::len) != Some(clients.len())
+        {
             return false;
         }
         let e = json["epoch"].as_u64();
@@ -212,11 +263,17 @@ async fn stop_all(members: &mut [Member]) {
     for m in members.iter() {
         if let Some(pid) = m.child.id() {
             // SIGTERM lets the member close its store cleanly.
-            let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status();
         }
     }
     for m in members.iter_mut() {
-        if tokio::time::timeout(Duration::from_secs(10), m.child.wait()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(10), m.child.wait())
+            .await
+            .is_err()
+        {
             let _ = m.child.kill().await;
         }
     }

@@ -32,7 +32,12 @@ pub const EXIT_REFUSED: i32 = 5;
 pub const EXIT_AUTH: i32 = 6;
 
 #[derive(Parser, Debug)]
-#[command(name = "dynamo", version, about = "A Dynamo-style distributed key-value store.", propagate_version = true)]
+#[command(
+    name = "dynamo",
+    version,
+    about = "A Dynamo-style distributed key-value store.",
+    propagate_version = true
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -145,7 +150,12 @@ pub struct NodeArgs {
     #[arg(long, env = "DYNAMO_GOSSIP_INTERVAL_MS", default_value_t = 1000)]
     pub gossip_interval_ms: u64,
     /// Failure detector: phi-accrual, or a plain timeout.
-    #[arg(long, env = "DYNAMO_FAILURE_DETECTOR", value_enum, default_value = "phi")]
+    #[arg(
+        long,
+        env = "DYNAMO_FAILURE_DETECTOR",
+        value_enum,
+        default_value = "phi"
+    )]
     pub failure_detector: DetectorKind,
     #[arg(long, env = "DYNAMO_PHI_THRESHOLD", default_value_t = 8.0)]
     pub phi_threshold: f64,
@@ -174,7 +184,12 @@ pub struct NodeArgs {
 #[derive(Args, Debug)]
 pub struct Endpoint {
     /// A member's HTTP address.
-    #[arg(long, short = 'e', env = "DYNAMO_ENDPOINT", default_value = "127.0.0.1:8080")]
+    #[arg(
+        long,
+        short = 'e',
+        env = "DYNAMO_ENDPOINT",
+        default_value = "127.0.0.1:8080"
+    )]
     pub endpoint: String,
     /// Bearer token (the cluster token for admin verbs; the client token if one is set).
     #[arg(long, env = "DYNAMO_TOKEN", hide_env_values = true)]
@@ -186,7 +201,11 @@ pub struct Endpoint {
 
 impl Endpoint {
     fn client(&self) -> HttpClient {
-        HttpClient::new(&self.endpoint, self.token.clone(), Duration::from_millis(self.timeout_ms))
+        HttpClient::new(
+            &self.endpoint,
+            self.token.clone(),
+            Duration::from_millis(self.timeout_ms),
+        )
     }
 }
 
@@ -274,15 +293,27 @@ pub async fn run(cli: Cli) -> Result<i32> {
             }
             admin_post(&args.endpoint, "/v1/cluster/join", body).await
         }
-        Command::Leave(args) => admin_post(&args.endpoint, &format!("/v1/cluster/leave/{}", args.member), serde_json::json!({})).await,
+        Command::Leave(args) => {
+            admin_post(
+                &args.endpoint,
+                &format!("/v1/cluster/leave/{}", args.member),
+                serde_json::json!({}),
+            )
+            .await
+        }
     }
 }
 
-fn read_secret(value: Option<String>, file: Option<&PathBuf>, what: &str) -> Result<Option<String>> {
+fn read_secret(
+    value: Option<String>,
+    file: Option<&PathBuf>,
+    what: &str,
+) -> Result<Option<String>> {
     match (value, file) {
         (Some(v), _) => Ok(Some(v)),
         (None, Some(path)) => {
-            let s = std::fs::read_to_string(path).with_context(|| format!("reading the {what} from {}", path.display()))?;
+            let s = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the {what} from {}", path.display()))?;
             Ok(Some(s.trim().to_string()))
         }
         (None, None) => Ok(None),
@@ -294,31 +325,58 @@ pub fn node_config(args: &NodeArgs) -> Result<NodeConfig> {
     let id = validate_member_id(&args.id)?;
     let cluster_token = read_secret(args.cluster_token.clone(), args.cluster_token_file.as_ref(), "cluster token")?
         .context("a cluster token is required: --cluster-token, --cluster-token-file or DYNAMO_CLUSTER_TOKEN")?;
-    let client_token = read_secret(args.client_token.clone(), args.client_token_file.as_ref(), "client token")?;
+    let client_token = read_secret(
+        args.client_token.clone(),
+        args.client_token_file.as_ref(),
+        "client token",
+    )?;
     let failure_detector = match args.failure_detector {
         DetectorKind::Phi => FailureDetector::PhiAccrual {
             threshold: args.phi_threshold,
             min_std_dev: Duration::from_millis(args.gossip_interval_ms / 2),
             max_silence: Duration::from_millis(args.gossip_interval_ms * 30),
         },
-        DetectorKind::Timeout => FailureDetector::Timeout { after: Duration::from_millis(args.down_after_ms) },
+        DetectorKind::Timeout => FailureDetector::Timeout {
+            after: Duration::from_millis(args.down_after_ms),
+        },
     };
     let config = NodeConfig {
         id,
         listen: args.listen.clone(),
-        advertise: args.advertise.clone().unwrap_or_else(|| args.listen.clone()),
+        advertise: args
+            .advertise
+            .clone()
+            .unwrap_or_else(|| args.listen.clone()),
         peer_listen: args.peer_listen.clone(),
-        advertise_peer: args.advertise_peer.clone().unwrap_or_else(|| args.peer_listen.clone()),
+        advertise_peer: args
+            .advertise_peer
+            .clone()
+            .unwrap_or_else(|| args.peer_listen.clone()),
         data_dir: args.data_dir.clone(),
         durability: args.durability,
         sync_interval: Duration::from_millis(args.sync_interval_ms),
         cache_bytes: args.cache_mb << 20,
-        seeds: args.seeds.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+        seeds: args
+            .seeds
+            .iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
         bootstrap: args.bootstrap,
         cluster_token,
         client_token,
-        settings: ClusterSettings { partitions: args.partitions, n: args.n, r: args.r, w: args.w, conflicts: args.conflicts, max_siblings: args.max_siblings },
-        limits: Limits { max_key_bytes: args.max_key_bytes, max_value_bytes: args.max_value_bytes },
+        settings: ClusterSettings {
+            partitions: args.partitions,
+            n: args.n,
+            r: args.r,
+            w: args.w,
+            conflicts: args.conflicts,
+            max_siblings: args.max_siblings,
+        },
+        limits: Limits {
+            max_key_bytes: args.max_key_bytes,
+            max_value_bytes: args.max_value_bytes,
+        },
         gossip_interval: Duration::from_millis(args.gossip_interval_ms.max(10)),
         failure_detector,
         replica_timeout: Duration::from_millis(args.replica_timeout_ms),
@@ -334,9 +392,13 @@ pub fn node_config(args: &NodeArgs) -> Result<NodeConfig> {
 }
 
 pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
@@ -346,7 +408,8 @@ pub fn init_logging(format: LogFormat) {
 async fn run_node(args: NodeArgs) -> Result<i32> {
     init_logging(args.log_format);
     let config = node_config(&args)?;
-    let engine = FjallEngine::open(&config.data_dir, config.cache_bytes).with_context(|| format!("opening {}", config.data_dir.display()))?;
+    let engine = FjallEngine::open(&config.data_dir, config.cache_bytes)
+        .with_context(|| format!("opening {}", config.data_dir.display()))?;
     let node = Node::start(config, Env::production(0), Arc::new(engine)).await?;
     wait_for_signal().await;
     tracing::info!("shutting down");
@@ -381,7 +444,14 @@ fn exit_code(reply: &Reply) -> i32 {
         _ => EXIT_ERROR,
     };
     if code != 0 {
-        let message = reply.json().and_then(|j| j.get("message").and_then(|m| m.as_str()).map(str::to_string)).unwrap_or_else(|| reply.text());
+        let message = reply
+            .json()
+            .and_then(|j| {
+                j.get("message")
+                    .and_then(|m| m.as_str())
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| reply.text());
         eprintln!("error ({}): {}", reply.status, message.trim());
     }
     code
@@ -392,7 +462,11 @@ fn quorum_query(name: &str, v: Option<usize>) -> String {
 }
 
 async fn get(args: GetArgs) -> Result<i32> {
-    let reply = args.endpoint.client().get(&args.key, &quorum_query("r", args.r)).await?;
+    let reply = args
+        .endpoint
+        .client()
+        .get(&args.key, &quorum_query("r", args.r))
+        .await?;
     if args.show_context
         && let Some(ctx) = reply.header("x-dynamo-context")
     {
@@ -414,19 +488,38 @@ async fn get(args: GetArgs) -> Result<i32> {
 async fn put(args: PutArgs) -> Result<i32> {
     let value = match (&args.value, &args.file) {
         (Some(v), _) => Bytes::from(v.clone()),
-        (None, Some(f)) => Bytes::from(std::fs::read(f).with_context(|| format!("reading {}", f.display()))?),
+        (None, Some(f)) => {
+            Bytes::from(std::fs::read(f).with_context(|| format!("reading {}", f.display()))?)
+        }
         (None, None) => {
             let mut buf = Vec::new();
             std::io::stdin().read_to_end(&mut buf)?;
             Bytes::from(buf)
         }
     };
-    let reply = args.endpoint.client().put(&args.key, value, args.context.as_deref(), &quorum_query("w", args.w)).await?;
+    let reply = args
+        .endpoint
+        .client()
+        .put(
+            &args.key,
+            value,
+            args.context.as_deref(),
+            &quorum_query("w", args.w),
+        )
+        .await?;
     report_write(&reply)
 }
 
 async fn delete(args: DeleteArgs) -> Result<i32> {
-    let reply = args.endpoint.client().delete(&args.key, args.context.as_deref(), &quorum_query("w", args.w)).await?;
+    let reply = args
+        .endpoint
+        .client()
+        .delete(
+            &args.key,
+            args.context.as_deref(),
+            &quorum_query("w", args.w),
+        )
+        .await?;
     report_write(&reply)
 }
 
@@ -465,22 +558,36 @@ async fn ring(endpoint: &Endpoint) -> Result<i32> {
     if !reply.status.is_success() {
         return Ok(exit_code(&reply));
     }
-    let Some(json) = reply.json() else { bail!("the member answered with something that is not JSON") };
+    let Some(json) = reply.json() else {
+        bail!("the member answered with something that is not JSON")
+    };
     println!(
         "epoch {}  (base {}{})  partitions {}  N/R/W {}/{}/{}  conflicts {}",
         json["epoch"],
         json["baseEpoch"],
-        if json["inTransition"].as_bool() == Some(true) { ", moving" } else { "" },
+        if json["inTransition"].as_bool() == Some(true) {
+            ", moving"
+        } else {
+            ""
+        },
         json["settings"]["partitions"],
         json["settings"]["n"],
         json["settings"]["r"],
         json["settings"]["w"],
         json["settings"]["conflicts"].as_str().unwrap_or("?"),
     );
-    println!("balance {}..{} partitions per member, spacing violations {}", json["balance"][0], json["balance"][1], json["spacingViolations"]);
+    println!(
+        "balance {}..{} partitions per member, spacing violations {}",
+        json["balance"][0], json["balance"][1], json["spacingViolations"]
+    );
     if let Some(members) = json["members"].as_array() {
         for m in members {
-            println!("  {:<24} weight {:<4} partitions {}", m["id"].as_str().unwrap_or("?"), m["weight"], m["partitions"]);
+            println!(
+                "  {:<24} weight {:<4} partitions {}",
+                m["id"].as_str().unwrap_or("?"),
+                m["weight"],
+                m["partitions"]
+            );
         }
     }
     Ok(0)

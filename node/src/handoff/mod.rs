@@ -93,7 +93,10 @@ impl Handoff {
             membership: s.membership,
             rpc: s.rpc,
             metrics: s.metrics,
-            progress: Mutex::new(Progress { epochs: (0, 0), partitions: BTreeMap::new() }),
+            progress: Mutex::new(Progress {
+                epochs: (0, 0),
+                partitions: BTreeMap::new(),
+            }),
         })
     }
 
@@ -104,25 +107,47 @@ impl Handoff {
         let partitions: Vec<PullProgress> = progress.partitions.values().cloned().collect();
         HandoffStatus {
             base_epoch: view.as_ref().map_or(0, |v| v.base().epoch),
-            target_epoch: view.as_ref().filter(|v| v.in_transition()).map(|v| v.current().epoch),
-            pending: partitions.iter().filter(|p| p.state != PullState::Done).count(),
-            partitions: if view.as_ref().is_some_and(|v| v.in_transition()) { partitions } else { Vec::new() },
+            target_epoch: view
+                .as_ref()
+                .filter(|v| v.in_transition())
+                .map(|v| v.current().epoch),
+            pending: partitions
+                .iter()
+                .filter(|p| p.state != PullState::Done)
+                .count(),
+            partitions: if view.as_ref().is_some_and(|v| v.in_transition()) {
+                partitions
+            } else {
+                Vec::new()
+            },
         }
     }
 
     /// Source side: the next page of a partition after `after`.
-    pub fn serve_pull(&self, partition: PartitionId, after: Option<Bytes>, max_bytes: u32) -> Response {
+    pub fn serve_pull(
+        &self,
+        partition: PartitionId,
+        after: Option<Bytes>,
+        max_bytes: u32,
+    ) -> Response {
         let mut items = Vec::new();
         let mut bytes = 0usize;
         let mut cursor = after;
         loop {
             let page = match self.store.scan_partition(partition, cursor.as_deref(), 256) {
                 Ok(p) => p,
-                Err(e) => return Response::Error(RemoteError::new(ErrorCode::Storage, e.to_string())),
+                Err(e) => {
+                    return Response::Error(RemoteError::new(ErrorCode::Storage, e.to_string()));
+                }
             };
             let exhausted = page.len() < 256;
             for (key, obj) in page {
-                bytes += key.len() + obj.siblings.iter().map(|s| s.value.as_ref().map_or(0, |v| v.len()) + 32).sum::<usize>();
+                bytes += key.len()
+                    + obj
+                        .siblings
+                        .iter()
+                        .map(|s| s.value.as_ref().map_or(0, |v| v.len()) + 32)
+                        .sum::<usize>();
                 cursor = Some(key.clone());
                 items.push((key, obj));
                 if bytes >= max_bytes as usize {
@@ -142,7 +167,9 @@ impl Handoff {
                 _ = tokio::time::sleep(CHECK_INTERVAL) => {}
                 _ = shutdown.changed() => return,
             }
-            let Some(view) = self.membership.view() else { continue };
+            let Some(view) = self.membership.view() else {
+                continue;
+            };
             if view.version != stable_since.0 {
                 stable_since = (view.version, Instant::now());
             }
@@ -161,7 +188,11 @@ impl Handoff {
     fn settle(&self, view: &ClusterView) {
         let epoch = view.current().epoch;
         self.metrics.handoff_partitions_pending.set(0);
-        if self.membership.self_state().is_some_and(|s| s.synced_epoch != epoch || s.pulls_pending != 0) {
+        if self
+            .membership
+            .self_state()
+            .is_some_and(|s| s.synced_epoch != epoch || s.pulls_pending != 0)
+        {
             self.membership.update_self(|s| {
                 s.synced_epoch = epoch;
                 s.pulls_pending = 0;
@@ -183,10 +214,20 @@ impl Handoff {
                 let old = std::mem::take(&mut progress.partitions);
                 progress.epochs = epochs;
                 for d in &duties {
-                    let prior = old.get(&d.partition).filter(|p| keep_base && p.state == PullState::Done).cloned();
+                    let prior = old
+                        .get(&d.partition)
+                        .filter(|p| keep_base && p.state == PullState::Done)
+                        .cloned();
                     progress.partitions.insert(
                         d.partition,
-                        prior.unwrap_or(PullProgress { partition: d.partition, from: Vec::new(), state: PullState::Pending, keys: 0, bytes: 0, error: None }),
+                        prior.unwrap_or(PullProgress {
+                            partition: d.partition,
+                            from: Vec::new(),
+                            state: PullState::Pending,
+                            keys: 0,
+                            bytes: 0,
+                            error: None,
+                        }),
                     );
                 }
             }
@@ -196,12 +237,21 @@ impl Handoff {
             if *shutdown.borrow() {
                 return;
             }
-            let done = self.progress.lock().partitions.get(&duty.partition).is_some_and(|p| p.state == PullState::Done);
+            let done = self
+                .progress
+                .lock()
+                .partitions
+                .get(&duty.partition)
+                .is_some_and(|p| p.state == PullState::Done);
             if done {
                 continue;
             }
             // A view change aborts the round; the next one starts from the new duties.
-            if self.membership.view().is_some_and(|v| v.version != view.version) {
+            if self
+                .membership
+                .view()
+                .is_some_and(|v| v.version != view.version)
+            {
                 return;
             }
             match self.pull_partition(view, duty).await {
@@ -225,7 +275,11 @@ impl Handoff {
             }
         });
         if pending == 0 {
-            tracing::info!(epoch = target, partitions = duties.len(), "all handoff pulls done");
+            tracing::info!(
+                epoch = target,
+                partitions = duties.len(),
+                "all handoff pulls done"
+            );
         }
     }
 
@@ -234,12 +288,20 @@ impl Handoff {
         let base = view.base().epoch;
         let sources: Vec<MemberId> = match &duty.preferred {
             Some(m) if self.membership.is_alive(m) => vec![m.clone()],
-            _ => duty.sources.iter().filter(|m| self.membership.is_alive(m) && *m != self.membership.me()).cloned().collect(),
+            _ => duty
+                .sources
+                .iter()
+                .filter(|m| self.membership.is_alive(m) && *m != self.membership.me())
+                .cloned()
+                .collect(),
         };
         if sources.is_empty() {
             return Err("no live old replica to pull from".into());
         }
-        let resume = self.store.meta_get(&resume_key(base, duty.partition)).map_err(|e| e.to_string())?;
+        let resume = self
+            .store
+            .meta_get(&resume_key(base, duty.partition))
+            .map_err(|e| e.to_string())?;
         if resume.as_deref() == Some(DONE_MARK) {
             self.mark_done(duty.partition);
             return Ok(());
@@ -251,22 +313,45 @@ impl Handoff {
         }
         let mode = view.settings.conflicts;
         for source in &sources {
-            let addr = self.membership.peer_addr(source).ok_or_else(|| format!("no address for {source}"))?;
+            let addr = self
+                .membership
+                .peer_addr(source)
+                .ok_or_else(|| format!("no address for {source}"))?;
             // With one source, resume where a previous run stopped; with several, every
             // source is read from the start (each may hold writes the others lack).
-            let mut after = if sources.len() == 1 { resume.clone().map(Bytes::from) } else { None };
+            let mut after = if sources.len() == 1 {
+                resume.clone().map(Bytes::from)
+            } else {
+                None
+            };
             loop {
                 let started = Instant::now();
-                let request = Request::HandoffPull { partition: duty.partition, after: after.clone(), max_bytes: PAGE_BYTES };
-                let (items, done) = match self.rpc.call(&addr, request, self.config.request_timeout * 2).await {
+                let request = Request::HandoffPull {
+                    partition: duty.partition,
+                    after: after.clone(),
+                    max_bytes: PAGE_BYTES,
+                };
+                let (items, done) = match self
+                    .rpc
+                    .call(&addr, request, self.config.request_timeout * 2)
+                    .await
+                {
                     Ok(Response::Page { items, done }) => (items, done),
                     Ok(other) => return Err(format!("unexpected answer from {source}: {other:?}")),
                     Err(e) => return Err(format!("{source}: {e}")),
                 };
                 let mut bytes = 0u64;
                 for (key, obj) in &items {
-                    bytes += key.len() as u64 + obj.siblings.iter().map(|s| s.value.as_ref().map_or(0, |v| v.len() as u64) + 32).sum::<u64>();
-                    self.store.merge(duty.partition, key.clone(), obj.clone(), mode).await.map_err(|e| e.to_string())?;
+                    bytes += key.len() as u64
+                        + obj
+                            .siblings
+                            .iter()
+                            .map(|s| s.value.as_ref().map_or(0, |v| v.len() as u64) + 32)
+                            .sum::<u64>();
+                    self.store
+                        .merge(duty.partition, key.clone(), obj.clone(), mode)
+                        .await
+                        .map_err(|e| e.to_string())?;
                 }
                 self.metrics.handoff_keys.inc_by(items.len() as u64);
                 self.metrics.handoff_bytes.inc_by(bytes);
@@ -277,7 +362,10 @@ impl Handoff {
                 if let Some((last, _)) = items.last() {
                     after = Some(last.clone());
                     if sources.len() == 1 {
-                        self.store.meta_put(&resume_key(base, duty.partition), Some(last.to_vec())).await.map_err(|e| e.to_string())?;
+                        self.store
+                            .meta_put(&resume_key(base, duty.partition), Some(last.to_vec()))
+                            .await
+                            .map_err(|e| e.to_string())?;
                     }
                 }
                 self.throttle(bytes, started).await;
@@ -286,7 +374,10 @@ impl Handoff {
                 }
             }
         }
-        self.store.meta_put(&resume_key(base, duty.partition), Some(DONE_MARK.to_vec())).await.map_err(|e| e.to_string())?;
+        self.store
+            .meta_put(&resume_key(base, duty.partition), Some(DONE_MARK.to_vec()))
+            .await
+            .map_err(|e| e.to_string())?;
         self.mark_done(duty.partition);
         tracing::debug!(partition = duty.partition, from = ?sources, "partition received");
         Ok(())
@@ -315,10 +406,19 @@ impl Handoff {
     /// has been retired (so their new owners confirmed having them).
     async fn drop_orphans(&self, view: &ClusterView) {
         let me = self.membership.me().clone();
-        let held: Vec<PartitionId> = self.store.populated_partitions().into_iter().map(|(p, _, _)| p).collect();
+        let held: Vec<PartitionId> = self
+            .store
+            .populated_partitions()
+            .into_iter()
+            .map(|(p, _, _)| p)
+            .collect();
         for p in view.orphaned_partitions(&me, held.iter()) {
             loop {
-                if self.membership.view().is_some_and(|v| v.version != view.version) {
+                if self
+                    .membership
+                    .view()
+                    .is_some_and(|v| v.version != view.version)
+                {
                     return;
                 }
                 let page = match self.store.scan_partition(p, None, 512) {
@@ -332,12 +432,15 @@ impl Handoff {
                     break;
                 }
                 let keys = page.into_iter().map(|(k, _)| k).collect();
-                if let Err(e) = self.store.remove_keys(p, keys).await {
+                if let Err(e) = self.store.drop_keys(p, keys).await {
                     tracing::error!(partition = p, error = %e, "dropping a handed-off partition failed");
                     break;
                 }
             }
-            tracing::info!(partition = p, "dropped a partition this member no longer replicates");
+            tracing::info!(
+                partition = p,
+                "dropped a partition this member no longer replicates"
+            );
         }
         // Resume markers of retired bases are no longer needed.
         let current = format!("handoff/{}/", view.base().epoch).into_bytes();

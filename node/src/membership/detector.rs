@@ -27,7 +27,11 @@ pub struct Arrivals {
 
 impl Arrivals {
     pub fn new(now: Instant) -> Self {
-        Arrivals { last: now, intervals: VecDeque::with_capacity(WINDOW), unreachable_since: None }
+        Arrivals {
+            last: now,
+            intervals: VecDeque::with_capacity(WINDOW),
+            unreachable_since: None,
+        }
     }
 
     pub fn heartbeat(&mut self, now: Instant) {
@@ -54,11 +58,19 @@ impl Arrivals {
     pub fn phi(&self, now: Instant, expected_interval: Duration, min_std_dev: Duration) -> f64 {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         let (mean, std_dev) = if self.intervals.len() < 3 {
-            (expected_interval.as_secs_f64(), expected_interval.as_secs_f64() / 2.0)
+            (
+                expected_interval.as_secs_f64(),
+                expected_interval.as_secs_f64() / 2.0,
+            )
         } else {
             let n = self.intervals.len() as f64;
             let mean = self.intervals.iter().sum::<f64>() / n;
-            let var = self.intervals.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n;
+            let var = self
+                .intervals
+                .iter()
+                .map(|x| (x - mean) * (x - mean))
+                .sum::<f64>()
+                / n;
             (mean, var.sqrt())
         };
         let std_dev = std_dev.max(min_std_dev.as_secs_f64());
@@ -72,8 +84,13 @@ impl Arrivals {
         let silence = now.saturating_duration_since(self.last);
         match config {
             Config::Timeout { after } => silence < *after,
-            Config::PhiAccrual { threshold, min_std_dev, max_silence } => {
-                silence < *max_silence && self.phi(now, expected_interval, *min_std_dev) < *threshold
+            Config::PhiAccrual {
+                threshold,
+                min_std_dev,
+                max_silence,
+            } => {
+                silence < *max_silence
+                    && self.phi(now, expected_interval, *min_std_dev) < *threshold
             }
         }
     }
@@ -100,7 +117,11 @@ mod tests {
     use super::*;
 
     fn cfg() -> Config {
-        Config::PhiAccrual { threshold: 8.0, min_std_dev: Duration::from_millis(200), max_silence: Duration::from_secs(30) }
+        Config::PhiAccrual {
+            threshold: 8.0,
+            min_std_dev: Duration::from_millis(200),
+            max_silence: Duration::from_secs(30),
+        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -114,7 +135,11 @@ mod tests {
         tokio::time::advance(Duration::from_millis(1500)).await;
         assert!(a.is_alive(Instant::now(), &cfg(), interval));
         tokio::time::advance(Duration::from_secs(3)).await;
-        assert!(!a.is_alive(Instant::now(), &cfg(), interval), "phi = {}", a.phi(Instant::now(), interval, Duration::from_millis(200)));
+        assert!(
+            !a.is_alive(Instant::now(), &cfg(), interval),
+            "phi = {}",
+            a.phi(Instant::now(), interval, Duration::from_millis(200))
+        );
     }
 
     #[tokio::test(start_paused = true)]

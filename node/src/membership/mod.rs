@@ -133,7 +133,14 @@ pub struct Membership {
 }
 
 impl Membership {
-    pub fn new(config: NodeConfig, env: Env, rpc: RpcClient, metrics: Metrics, me_state: MemberState, view: Option<ClusterView>) -> Arc<Membership> {
+    pub fn new(
+        config: NodeConfig,
+        env: Env,
+        rpc: RpcClient,
+        metrics: Metrics,
+        me_state: MemberState,
+        view: Option<ClusterView>,
+    ) -> Arc<Membership> {
         let me = me_state.id.clone();
         let now = Instant::now();
         let view = view.map(Arc::new);
@@ -188,12 +195,19 @@ impl Membership {
         if id == &self.me {
             return true;
         }
-        st.arrivals.get(id).is_some_and(|a| a.is_alive(now, &self.config.failure_detector, self.config.gossip_interval))
+        st.arrivals.get(id).is_some_and(|a| {
+            a.is_alive(
+                now,
+                &self.config.failure_detector,
+                self.config.gossip_interval,
+            )
+        })
     }
 
     /// Records that a connection to `id` failed: it counts as down until it is heard again.
     pub fn report_unreachable(&self, id: &MemberId) {
         if let Some(a) = self.state.lock().arrivals.get_mut(id) {
+            tracing::debug!(peer = %id, "peer unreachable");
             a.connection_failed(Instant::now());
         }
     }
@@ -212,8 +226,14 @@ impl Membership {
         tracing::info!(version = view.version, author = %view.author, epoch = view.current().epoch, rings = view.rings.len(), "adopted cluster view");
         st.view = Some(view.clone());
         // Requests the new view already reflects are done.
-        st.joins.retain(|id, _| !view.members.get(id).is_some_and(|m| m.status != MemberStatus::Removed));
-        st.leaves.retain(|id| view.status_of(id) == Some(MemberStatus::Up));
+        st.joins.retain(|id, _| {
+            !view
+                .members
+                .get(id)
+                .is_some_and(|m| m.status != MemberStatus::Removed)
+        });
+        st.leaves
+            .retain(|id| view.status_of(id) == Some(MemberStatus::Up));
         drop(st);
         self.metrics.ring_epoch.set(view.current().epoch as i64);
         self.view_tx.send_replace(Some(view));
@@ -251,7 +271,10 @@ impl Membership {
                     Some(MemberStatus::Leaving) => "leaving",
                     Some(MemberStatus::Removed) => "removed",
                 };
-                let owned = st.view.as_ref().map_or(0, |v| v.current().partitions_of(&id).len() as u32);
+                let owned = st
+                    .view
+                    .as_ref()
+                    .map_or(0, |v| v.current().partitions_of(&id).len() as u32);
                 MemberInfo {
                     alive: self.alive_locked(&st, &id, now),
                     peer_addr: state.map(|s| s.peer_addr.clone()).unwrap_or_default(),
@@ -272,7 +295,9 @@ impl Membership {
     pub fn claimant(&self) -> Option<MemberId> {
         let st = self.state.lock();
         let now = Instant::now();
-        st.view.as_ref().and_then(|v| v.claimant(|id| self.alive_locked(&st, id, now)))
+        st.view
+            .as_ref()
+            .and_then(|v| v.claimant(|id| self.alive_locked(&st, id, now)))
     }
 
     // ---- gossip ----
@@ -281,8 +306,19 @@ impl Membership {
         let st = self.state.lock();
         GossipDigest {
             from: self.me.clone(),
-            entries: st.table.values().map(|s| DigestEntry { id: s.id.clone(), generation: s.generation, version: s.version }).collect(),
-            view: st.view.as_ref().map(|v| ViewStamp { version: v.version, author: v.author.clone() }),
+            entries: st
+                .table
+                .values()
+                .map(|s| DigestEntry {
+                    id: s.id.clone(),
+                    generation: s.generation,
+                    version: s.version,
+                })
+                .collect(),
+            view: st.view.as_ref().map(|v| ViewStamp {
+                version: v.version,
+                author: v.author.clone(),
+            }),
         }
     }
 
@@ -303,11 +339,17 @@ impl Membership {
                 }
                 continue;
             }
-            let newer = st.table.get(&e.id).is_none_or(|cur| e.stamp() > cur.stamp());
+            let newer = st
+                .table
+                .get(&e.id)
+                .is_none_or(|cur| e.stamp() > cur.stamp());
             if !newer {
                 continue;
             }
-            let restarted = st.table.get(&e.id).is_some_and(|cur| e.generation > cur.generation);
+            let restarted = st
+                .table
+                .get(&e.id)
+                .is_some_and(|cur| e.generation > cur.generation);
             match st.arrivals.get_mut(&e.id) {
                 Some(a) if !restarted => a.heartbeat(now),
                 _ => {
@@ -334,16 +376,38 @@ impl Membership {
     /// Step 2, as the responder.
     pub fn handle_digest(&self, digest: GossipDigest) -> GossipDelta {
         let st = self.state.lock();
-        let theirs: BTreeMap<&MemberId, (u64, u64)> = digest.entries.iter().map(|e| (&e.id, (e.generation, e.version))).collect();
-        let entries = st.table.values().filter(|s| theirs.get(&s.id).is_none_or(|&stamp| s.stamp() > stamp)).cloned().collect();
+        let theirs: BTreeMap<&MemberId, (u64, u64)> = digest
+            .entries
+            .iter()
+            .map(|e| (&e.id, (e.generation, e.version)))
+            .collect();
+        let entries = st
+            .table
+            .values()
+            .filter(|s| theirs.get(&s.id).is_none_or(|&stamp| s.stamp() > stamp))
+            .cloned()
+            .collect();
         let requests = digest
             .entries
             .iter()
-            .filter(|e| st.table.get(&e.id).is_none_or(|s| (e.generation, e.version) > s.stamp()))
+            .filter(|e| {
+                st.table
+                    .get(&e.id)
+                    .is_none_or(|s| (e.generation, e.version) > s.stamp())
+            })
             .map(|e| e.id.clone())
             .collect();
         let (ours_newer, theirs_newer) = Self::view_is_newer(st.view.as_ref(), &digest.view);
-        GossipDelta { entries, requests, view: if ours_newer { st.view.as_deref().cloned() } else { None }, want_view: theirs_newer }
+        GossipDelta {
+            entries,
+            requests,
+            view: if ours_newer {
+                st.view.as_deref().cloned()
+            } else {
+                None
+            },
+            want_view: theirs_newer,
+        }
     }
 
     /// Step 4, as the responder.
@@ -361,7 +425,11 @@ impl Membership {
         self.metrics.gossip_rounds.inc();
         let digest = self.digest();
         let timeout = self.config.gossip_interval.max(Duration::from_millis(500));
-        let delta = match self.rpc.call(&addr, Request::GossipDigest(digest), timeout).await {
+        let delta = match self
+            .rpc
+            .call(&addr, Request::GossipDigest(digest), timeout)
+            .await
+        {
             Ok(Response::GossipDelta(d)) => d,
             Ok(_) => return,
             Err(e) => {
@@ -383,8 +451,15 @@ impl Membership {
         let push = {
             let st = self.state.lock();
             GossipPush {
-                entries: requests.iter().filter_map(|id| st.table.get(id).cloned()).collect(),
-                view: if want_view { st.view.as_deref().cloned() } else { None },
+                entries: requests
+                    .iter()
+                    .filter_map(|id| st.table.get(id).cloned())
+                    .collect(),
+                view: if want_view {
+                    st.view.as_deref().cloned()
+                } else {
+                    None
+                },
             }
         };
         if push.entries.is_empty() && push.view.is_none() {
@@ -393,23 +468,43 @@ impl Membership {
         if let Ok(bytes) = postcard::to_stdvec(&push) {
             self.metrics.gossip_bytes.inc_by(bytes.len() as u64);
         }
-        let _ = self.rpc.call(&addr, Request::GossipPush(push), timeout).await;
+        let _ = self
+            .rpc
+            .call(&addr, Request::GossipPush(push), timeout)
+            .await;
     }
 
     fn id_by_addr(&self, addr: &str) -> Option<MemberId> {
-        self.state.lock().table.values().find(|s| s.peer_addr == addr).map(|s| s.id.clone())
+        self.state
+            .lock()
+            .table
+            .values()
+            .find(|s| s.peer_addr == addr)
+            .map(|s| s.id.clone())
     }
 
     fn pick_peer(&self) -> Option<String> {
         let st = self.state.lock();
-        let removed = |id: &MemberId| st.view.as_ref().and_then(|v| v.status_of(id)) == Some(MemberStatus::Removed);
-        let peers: Vec<&MemberState> = st.table.values().filter(|s| s.id != self.me && !removed(&s.id)).collect();
+        let removed = |id: &MemberId| {
+            st.view.as_ref().and_then(|v| v.status_of(id)) == Some(MemberStatus::Removed)
+        };
+        let peers: Vec<&MemberState> = st
+            .table
+            .values()
+            .filter(|s| s.id != self.me && !removed(&s.id))
+            .collect();
         let mut rng = self.env.rng.lock();
         // Now and then contact a seed even when peers are known, so that two groups that
         // started apart (or were cut apart) find each other.
-        let use_seed = peers.is_empty() || (!self.config.seeds.is_empty() && rng.random_ratio(1, 10));
+        let use_seed =
+            peers.is_empty() || (!self.config.seeds.is_empty() && rng.random_ratio(1, 10));
         if use_seed {
-            let seeds: Vec<&String> = self.config.seeds.iter().filter(|s| **s != self.config.advertise_peer).collect();
+            let seeds: Vec<&String> = self
+                .config
+                .seeds
+                .iter()
+                .filter(|s| **s != self.config.advertise_peer)
+                .collect();
             return seeds.choose(&mut *rng).map(|s| (*s).clone());
         }
         peers.choose(&mut *rng).map(|s| s.peer_addr.clone())
@@ -431,9 +526,19 @@ impl Membership {
     }
 
     fn update_member_gauges(&self) {
-        let mut counts: BTreeMap<&str, i64> = BTreeMap::from([("joining", 0), ("up", 0), ("leaving", 0), ("removed", 0), ("down", 0)]);
+        let mut counts: BTreeMap<&str, i64> = BTreeMap::from([
+            ("joining", 0),
+            ("up", 0),
+            ("leaving", 0),
+            ("removed", 0),
+            ("down", 0),
+        ]);
         for m in self.members() {
-            let state = if m.alive || m.status == "removed" { m.status.as_str() } else { "down" };
+            let state = if m.alive || m.status == "removed" {
+                m.status.as_str()
+            } else {
+                "down"
+            };
             if let Some(c) = counts.get_mut(state) {
                 *c += 1;
             }
@@ -447,7 +552,8 @@ impl Membership {
 
     /// Queues a join (if we are the claimant) or forwards it to the claimant.
     pub async fn request_join(&self, member: MemberId, weight: u32) -> Result<(), RemoteError> {
-        self.forward_or_queue(Request::Join { member, weight }).await
+        self.forward_or_queue(Request::Join { member, weight })
+            .await
     }
 
     pub async fn request_leave(&self, member: MemberId) -> Result<(), RemoteError> {
@@ -456,17 +562,35 @@ impl Membership {
 
     async fn forward_or_queue(&self, request: Request) -> Result<(), RemoteError> {
         let Some(claimant) = self.claimant() else {
-            return Err(RemoteError::new(ErrorCode::Unavailable, "this member has no cluster view yet (bootstrap a cluster or join one first)"));
+            return Err(RemoteError::new(
+                ErrorCode::Unavailable,
+                "this member has no cluster view yet (bootstrap a cluster or join one first)",
+            ));
         };
         if claimant == self.me {
             return self.accept_as_claimant(request);
         }
-        let addr = self.peer_addr(&claimant).ok_or_else(|| RemoteError::new(ErrorCode::Unavailable, format!("no address for claimant {claimant}")))?;
-        match self.rpc.call(&addr, request, self.config.request_timeout).await {
+        let addr = self.peer_addr(&claimant).ok_or_else(|| {
+            RemoteError::new(
+                ErrorCode::Unavailable,
+                format!("no address for claimant {claimant}"),
+            )
+        })?;
+        match self
+            .rpc
+            .call(&addr, request, self.config.request_timeout)
+            .await
+        {
             Ok(Response::Ack) => Ok(()),
             Ok(Response::Error(e)) | Err(RpcError::Remote(e)) => Err(e),
-            Ok(_) => Err(RemoteError::new(ErrorCode::Internal, "unexpected answer from the claimant")),
-            Err(e) => Err(RemoteError::new(ErrorCode::Unavailable, format!("claimant {claimant} unreachable: {e}"))),
+            Ok(_) => Err(RemoteError::new(
+                ErrorCode::Internal,
+                "unexpected answer from the claimant",
+            )),
+            Err(e) => Err(RemoteError::new(
+                ErrorCode::Unavailable,
+                format!("claimant {claimant} unreachable: {e}"),
+            )),
         }
     }
 
@@ -478,44 +602,73 @@ impl Membership {
             return Err(RemoteError::new(ErrorCode::Unavailable, "no cluster view"));
         };
         if view.claimant(|id| self.alive_locked(&st, id, now)).as_ref() != Some(&self.me) {
-            return Err(RemoteError::new(ErrorCode::NotClaimant, "this member is not the claimant"));
+            return Err(RemoteError::new(
+                ErrorCode::NotClaimant,
+                "this member is not the claimant",
+            ));
         }
         match request {
             Request::Join { member, weight } => {
-                if view.members.get(&member).is_some_and(|m| m.status == MemberStatus::Up) {
+                if view
+                    .members
+                    .get(&member)
+                    .is_some_and(|m| m.status == MemberStatus::Up)
+                {
                     return Ok(());
                 }
                 if view.status_of(&member) == Some(MemberStatus::Leaving) {
-                    return Err(RemoteError::new(ErrorCode::Refused, format!("{member} is still leaving; wait until it is removed")));
+                    return Err(RemoteError::new(
+                        ErrorCode::Refused,
+                        format!("{member} is still leaving; wait until it is removed"),
+                    ));
                 }
                 if !st.table.contains_key(&member) {
                     return Err(RemoteError::new(
                         ErrorCode::BadRequest,
-                        format!("{member} is not known to the cluster yet: start it with --seeds pointing at a member, then retry"),
+                        format!(
+                            "{member} is not known to the cluster yet: start it with --seeds pointing at a member, then retry"
+                        ),
                     ));
                 }
                 if !self.alive_locked(&st, &member, now) {
-                    return Err(RemoteError::new(ErrorCode::Refused, format!("{member} is not alive")));
+                    return Err(RemoteError::new(
+                        ErrorCode::Refused,
+                        format!("{member} is not alive"),
+                    ));
                 }
                 if !(1..=crate::ring::MAX_WEIGHT).contains(&weight) {
-                    return Err(RemoteError::new(ErrorCode::BadRequest, format!("weight must be 1..={}", crate::ring::MAX_WEIGHT)));
+                    return Err(RemoteError::new(
+                        ErrorCode::BadRequest,
+                        format!("weight must be 1..={}", crate::ring::MAX_WEIGHT),
+                    ));
                 }
                 st.joins.insert(member, weight);
                 Ok(())
             }
             Request::Leave { member } => {
-                let leaves: Vec<MemberId> = st.leaves.iter().cloned().chain(std::iter::once(member.clone())).collect();
+                let leaves: Vec<MemberId> = st
+                    .leaves
+                    .iter()
+                    .cloned()
+                    .chain(std::iter::once(member.clone()))
+                    .collect();
                 drop(st);
                 // Check the rule now (planning, so outside the lock) so the caller gets the
                 // refusal, not a silent no-op.
-                view.with_changes(&[], &leaves, &self.me, 0).map_err(|e| match e {
-                    ViewError::NotMember { .. } => RemoteError::new(ErrorCode::BadRequest, e.to_string()),
-                    other => RemoteError::new(ErrorCode::Refused, other.to_string()),
-                })?;
+                view.with_changes(&[], &leaves, &self.me, 0)
+                    .map_err(|e| match e {
+                        ViewError::NotMember { .. } => {
+                            RemoteError::new(ErrorCode::BadRequest, e.to_string())
+                        }
+                        other => RemoteError::new(ErrorCode::Refused, other.to_string()),
+                    })?;
                 self.state.lock().leaves.insert(member);
                 Ok(())
             }
-            _ => Err(RemoteError::new(ErrorCode::BadRequest, "not a membership request")),
+            _ => Err(RemoteError::new(
+                ErrorCode::BadRequest,
+                "not a membership request",
+            )),
         }
     }
 
@@ -531,9 +684,14 @@ impl Membership {
             if view.claimant(|id| self.alive_locked(&st, id, now)).as_ref() != Some(&self.me) {
                 return;
             }
-            let joins: Vec<(MemberId, u32)> = st.joins.iter().map(|(k, v)| (k.clone(), *v)).collect();
+            let joins: Vec<(MemberId, u32)> =
+                st.joins.iter().map(|(k, v)| (k.clone(), *v)).collect();
             let leaves: Vec<MemberId> = st.leaves.iter().cloned().collect();
-            let synced: BTreeMap<MemberId, u64> = st.table.iter().map(|(id, s)| (id.clone(), s.synced_epoch)).collect();
+            let synced: BTreeMap<MemberId, u64> = st
+                .table
+                .iter()
+                .map(|(id, s)| (id.clone(), s.synced_epoch))
+                .collect();
             (view, joins, leaves, synced)
         };
         let next = if !joins.is_empty() || !leaves.is_empty() {
@@ -551,7 +709,12 @@ impl Membership {
             view.retire_if_synced(|id| synced.get(id).copied().unwrap_or(0), &self.me)
         };
         if let Some(v) = next {
-            tracing::info!(version = v.version, epoch = v.current().epoch, rings = v.rings.len(), "claimant wrote a new cluster view");
+            tracing::info!(
+                version = v.version,
+                epoch = v.current().epoch,
+                rings = v.rings.len(),
+                "claimant wrote a new cluster view"
+            );
             self.offer_view(v);
         }
     }
@@ -561,8 +724,14 @@ impl Membership {
         if let Some(v) = self.view() {
             return Ok(v);
         }
-        let view = ClusterView::bootstrap(&self.me, weight, self.config.settings.clone(), self.env.random_u64())?;
+        let view = ClusterView::bootstrap(
+            &self.me,
+            weight,
+            self.config.settings.clone(),
+            self.env.random_u64(),
+        )?;
         self.offer_view(view);
-        self.view().ok_or_else(|| ViewError::Malformed("bootstrap view not adopted".into()))
+        self.view()
+            .ok_or_else(|| ViewError::Malformed("bootstrap view not adopted".into()))
     }
 }

@@ -52,7 +52,11 @@ pub enum ViewError {
     #[error("{member} is already leaving or removed")]
     AlreadyLeaving { member: MemberId },
     #[error("removing {leaving} member(s) would leave {remaining} member(s), fewer than N = {n}")]
-    BelowReplicationFactor { leaving: usize, remaining: usize, n: usize },
+    BelowReplicationFactor {
+        leaving: usize,
+        remaining: usize,
+        n: usize,
+    },
     #[error("planning failed: {0}")]
     Plan(#[from] PlanError),
     #[error("the view is malformed: {0}")]
@@ -71,30 +75,60 @@ pub struct PullDuty {
 
 impl ClusterView {
     /// A new cluster with `me` as its only member.
-    pub fn bootstrap(me: &MemberId, weight: u32, settings: ClusterSettings, seed: u64) -> Result<ClusterView, ViewError> {
-        let members = [RingMember { id: me.clone(), weight }];
-        let ring = planner::plan_initial(&members, settings.partitions, &PlanConfig { n: settings.n, seed })?;
+    pub fn bootstrap(
+        me: &MemberId,
+        weight: u32,
+        settings: ClusterSettings,
+        seed: u64,
+    ) -> Result<ClusterView, ViewError> {
+        let members = [RingMember {
+            id: me.clone(),
+            weight,
+        }];
+        let ring = planner::plan_initial(
+            &members,
+            settings.partitions,
+            &PlanConfig {
+                n: settings.n,
+                seed,
+            },
+        )?;
         Ok(ClusterView {
             version: 1,
             author: me.clone(),
             settings,
-            members: BTreeMap::from([(me.clone(), ViewMember { status: MemberStatus::Up, weight })]),
+            members: BTreeMap::from([(
+                me.clone(),
+                ViewMember {
+                    status: MemberStatus::Up,
+                    weight,
+                },
+            )]),
             rings: vec![ring],
         })
     }
 
     /// Checks a view received from the network.
     pub fn validate(&self) -> Result<(), ViewError> {
-        self.settings.validate().map_err(|e| ViewError::Malformed(e.to_string()))?;
+        self.settings
+            .validate()
+            .map_err(|e| ViewError::Malformed(e.to_string()))?;
         if self.rings.is_empty() || self.rings.len() > 2 {
-            return Err(ViewError::Malformed(format!("{} live rings", self.rings.len())));
+            return Err(ViewError::Malformed(format!(
+                "{} live rings",
+                self.rings.len()
+            )));
         }
         for ring in &self.rings {
             if ring.partition_count() != self.settings.partitions {
-                return Err(ViewError::Malformed("ring size differs from the settings".into()));
+                return Err(ViewError::Malformed(
+                    "ring size differs from the settings".into(),
+                ));
             }
             if let Some(m) = ring.member_ids().find(|m| !self.members.contains_key(*m)) {
-                return Err(ViewError::Malformed(format!("ring member {m} missing from the view")));
+                return Err(ViewError::Malformed(format!(
+                    "ring member {m} missing from the view"
+                )));
             }
         }
         Ok(())
@@ -119,23 +153,34 @@ impl ClusterView {
 
     /// Members that are part of the cluster (not removed).
     pub fn active_members(&self) -> impl Iterator<Item = &MemberId> {
-        self.members.iter().filter(|(_, m)| m.status != MemberStatus::Removed).map(|(id, _)| id)
+        self.members
+            .iter()
+            .filter(|(_, m)| m.status != MemberStatus::Removed)
+            .map(|(id, _)| id)
     }
 
     /// Whether `self` supersedes `other`: a higher version, or at equal versions (two
     /// claimants during a partition) the one written by the lower id.
     pub fn supersedes(&self, other: &ClusterView) -> bool {
-        (self.version, std::cmp::Reverse(&self.author)) > (other.version, std::cmp::Reverse(&other.author))
+        (self.version, std::cmp::Reverse(&self.author))
+            > (other.version, std::cmp::Reverse(&other.author))
     }
 
     /// The member allowed to change the view: the lowest-id member that is up and alive.
     pub fn claimant(&self, alive: impl Fn(&MemberId) -> bool) -> Option<MemberId> {
-        self.members.iter().find(|(id, m)| m.status == MemberStatus::Up && alive(id)).map(|(id, _)| id.clone())
+        self.members
+            .iter()
+            .find(|(id, m)| m.status == MemberStatus::Up && alive(id))
+            .map(|(id, _)| id.clone())
     }
 
     /// Replica sets a write must reach a quorum in: one per live ring.
     pub fn write_sets(&self, p: PartitionId) -> Vec<Vec<MemberId>> {
-        let mut sets: Vec<Vec<MemberId>> = self.rings.iter().map(|r| r.primaries(p, self.settings.n)).collect();
+        let mut sets: Vec<Vec<MemberId>> = self
+            .rings
+            .iter()
+            .map(|r| r.primaries(p, self.settings.n))
+            .collect();
         sets.dedup();
         sets
     }
@@ -147,7 +192,9 @@ impl ClusterView {
 
     /// Whether `id` holds a replica of `p` in any live ring.
     pub fn replicates(&self, id: &MemberId, p: PartitionId) -> bool {
-        self.rings.iter().any(|r| r.is_primary(p, self.settings.n, id))
+        self.rings
+            .iter()
+            .any(|r| r.is_primary(p, self.settings.n, id))
     }
 
     /// Next view with `joins` added and `leaves` decommissioned, planned from the current
@@ -163,29 +210,55 @@ impl ClusterView {
         for id in leaves {
             match members.get(id).map(|m| m.status) {
                 None => return Err(ViewError::NotMember { member: id.clone() }),
-                Some(MemberStatus::Leaving | MemberStatus::Removed) => return Err(ViewError::AlreadyLeaving { member: id.clone() }),
+                Some(MemberStatus::Leaving | MemberStatus::Removed) => {
+                    return Err(ViewError::AlreadyLeaving { member: id.clone() });
+                }
                 Some(MemberStatus::Up) => {}
             }
         }
         for (id, weight) in joins {
-            members.insert(id.clone(), ViewMember { status: MemberStatus::Up, weight: *weight });
+            members.insert(
+                id.clone(),
+                ViewMember {
+                    status: MemberStatus::Up,
+                    weight: *weight,
+                },
+            );
         }
         for id in leaves {
             if let Some(m) = members.get_mut(id) {
                 m.status = MemberStatus::Leaving;
             }
         }
-        let remaining = members.values().filter(|m| m.status == MemberStatus::Up).count();
+        let remaining = members
+            .values()
+            .filter(|m| m.status == MemberStatus::Up)
+            .count();
         if !leaves.is_empty() && remaining < self.settings.n {
-            return Err(ViewError::BelowReplicationFactor { leaving: leaves.len(), remaining, n: self.settings.n });
+            return Err(ViewError::BelowReplicationFactor {
+                leaving: leaves.len(),
+                remaining,
+                n: self.settings.n,
+            });
         }
-        let cfg = PlanConfig { n: self.settings.n, seed };
+        let cfg = PlanConfig {
+            n: self.settings.n,
+            seed,
+        };
         let mut ring = self.current().clone();
         for (id, weight) in joins {
             if ring.contains(id) {
                 continue;
             }
-            ring = planner::plan_join(&ring, RingMember { id: id.clone(), weight: *weight }, &cfg)?.ring;
+            ring = planner::plan_join(
+                &ring,
+                RingMember {
+                    id: id.clone(),
+                    weight: *weight,
+                },
+                &cfg,
+            )?
+            .ring;
         }
         for id in leaves {
             if ring.contains(id) {
@@ -200,19 +273,32 @@ impl ClusterView {
             // Nothing moves (e.g. a join undone by a leave): the plan is the base itself.
             rings[0] = ring;
         }
-        let mut next = ClusterView { version: self.version + 1, author: author.clone(), settings: self.settings.clone(), members, rings };
+        let mut next = ClusterView {
+            version: self.version + 1,
+            author: author.clone(),
+            settings: self.settings.clone(),
+            members,
+            rings,
+        };
         next.mark_removed();
         Ok(next)
     }
 
     /// If every member that receives partitions in the target ring has finished its pulls
     /// (`synced(m) >= target epoch`), the next view with the base retired.
-    pub fn retire_if_synced(&self, synced: impl Fn(&MemberId) -> u64, author: &MemberId) -> Option<ClusterView> {
+    pub fn retire_if_synced(
+        &self,
+        synced: impl Fn(&MemberId) -> u64,
+        author: &MemberId,
+    ) -> Option<ClusterView> {
         if !self.in_transition() {
             return None;
         }
         let target = self.current();
-        let receivers: Vec<&MemberId> = target.member_ids().filter(|m| !self.pull_duties(m).is_empty()).collect();
+        let receivers: Vec<&MemberId> = target
+            .member_ids()
+            .filter(|m| !self.pull_duties(m).is_empty())
+            .collect();
         if receivers.iter().any(|m| synced(m) < target.epoch) {
             return None;
         }
@@ -255,14 +341,26 @@ impl ClusterView {
             // replicas is held by W new ones once all pulls are done.
             let leavers: Vec<&MemberId> = old.iter().filter(|m| !new.contains(m)).collect();
             let joiners: Vec<&MemberId> = new.iter().filter(|m| !old.contains(m)).collect();
-            let preferred = joiners.iter().position(|j| *j == me).and_then(|i| leavers.get(i)).map(|m| (*m).clone());
-            duties.push(PullDuty { partition: p, preferred, sources: old });
+            let preferred = joiners
+                .iter()
+                .position(|j| *j == me)
+                .and_then(|i| leavers.get(i))
+                .map(|m| (*m).clone());
+            duties.push(PullDuty {
+                partition: p,
+                preferred,
+                sources: old,
+            });
         }
         duties
     }
 
     /// Partitions this member holds data for but replicates in no live ring.
-    pub fn orphaned_partitions<'a>(&self, me: &MemberId, held: impl Iterator<Item = &'a PartitionId>) -> Vec<PartitionId> {
+    pub fn orphaned_partitions<'a>(
+        &self,
+        me: &MemberId,
+        held: impl Iterator<Item = &'a PartitionId>,
+    ) -> Vec<PartitionId> {
         held.copied().filter(|&p| !self.replicates(me, p)).collect()
     }
 }
@@ -272,14 +370,21 @@ mod tests {
     use super::*;
 
     fn settings() -> ClusterSettings {
-        ClusterSettings { partitions: 64, ..Default::default() }
+        ClusterSettings {
+            partitions: 64,
+            ..Default::default()
+        }
     }
 
     fn cluster(ids: &[&str]) -> ClusterView {
         let mut v = ClusterView::bootstrap(&ids[0].into(), 1, settings(), 1).unwrap();
         for id in &ids[1..] {
-            v = v.with_changes(&[((*id).into(), 1)], &[], &ids[0].into(), 1).unwrap();
-            v = v.retire_if_synced(|_| u64::MAX, &ids[0].into()).unwrap_or(v);
+            v = v
+                .with_changes(&[((*id).into(), 1)], &[], &ids[0].into(), 1)
+                .unwrap();
+            v = v
+                .retire_if_synced(|_| u64::MAX, &ids[0].into())
+                .unwrap_or(v);
         }
         v
     }
@@ -288,18 +393,31 @@ mod tests {
     fn join_creates_target_and_duties_then_retires() {
         let v = cluster(&["a", "b", "c"]);
         assert!(!v.in_transition());
-        let v2 = v.with_changes(&[("d".into(), 1)], &[], &"a".into(), 7).unwrap();
+        let v2 = v
+            .with_changes(&[("d".into(), 1)], &[], &"a".into(), 7)
+            .unwrap();
         assert!(v2.in_transition());
         assert_eq!(v2.version, v.version + 1);
         let duties = v2.pull_duties(&"d".into());
         assert!(!duties.is_empty());
         for d in &duties {
             assert_eq!(d.sources.len(), 3);
-            assert!(d.preferred.is_some(), "a 4th member replaces exactly one replica per partition");
+            assert!(
+                d.preferred.is_some(),
+                "a 4th member replaces exactly one replica per partition"
+            );
         }
         // Not retired until d has synced.
-        assert!(v2.retire_if_synced(|m| if m.as_str() == "d" { 0 } else { u64::MAX }, &"a".into()).is_none());
-        let v3 = v2.retire_if_synced(|_| v2.current().epoch, &"a".into()).unwrap();
+        assert!(
+            v2.retire_if_synced(
+                |m| if m.as_str() == "d" { 0 } else { u64::MAX },
+                &"a".into()
+            )
+            .is_none()
+        );
+        let v3 = v2
+            .retire_if_synced(|_| v2.current().epoch, &"a".into())
+            .unwrap();
         assert!(!v3.in_transition());
         assert_eq!(v3.base().epoch, v2.current().epoch);
         // During the move a write needs both replica sets; reads use the base.
@@ -311,15 +429,28 @@ mod tests {
     #[test]
     fn leave_is_refused_below_n_and_completes_with_removal() {
         let v = cluster(&["a", "b", "c"]);
-        let err = v.with_changes(&[], &["c".into()], &"a".into(), 1).unwrap_err();
-        assert_eq!(err, ViewError::BelowReplicationFactor { leaving: 1, remaining: 2, n: 3 });
+        let err = v
+            .with_changes(&[], &["c".into()], &"a".into(), 1)
+            .unwrap_err();
+        assert_eq!(
+            err,
+            ViewError::BelowReplicationFactor {
+                leaving: 1,
+                remaining: 2,
+                n: 3
+            }
+        );
         let v4 = cluster(&["a", "b", "c", "d"]);
         let leaving = v4.with_changes(&[], &["d".into()], &"a".into(), 1).unwrap();
         assert_eq!(leaving.status_of(&"d".into()), Some(MemberStatus::Leaving));
         assert!(!leaving.current().contains(&"d".into()));
         let done = leaving.retire_if_synced(|_| u64::MAX, &"a".into()).unwrap();
         assert_eq!(done.status_of(&"d".into()), Some(MemberStatus::Removed));
-        assert_eq!(done.with_changes(&[], &["d".into()], &"a".into(), 1).unwrap_err(), ViewError::AlreadyLeaving { member: "d".into() });
+        assert_eq!(
+            done.with_changes(&[], &["d".into()], &"a".into(), 1)
+                .unwrap_err(),
+            ViewError::AlreadyLeaving { member: "d".into() }
+        );
     }
 
     #[test]
@@ -338,8 +469,12 @@ mod tests {
     #[test]
     fn superseding_target_keeps_the_base() {
         let v = cluster(&["a", "b", "c", "d"]);
-        let t1 = v.with_changes(&[("e".into(), 1)], &[], &"a".into(), 1).unwrap();
-        let t2 = t1.with_changes(&[("f".into(), 1)], &[], &"a".into(), 1).unwrap();
+        let t1 = v
+            .with_changes(&[("e".into(), 1)], &[], &"a".into(), 1)
+            .unwrap();
+        let t2 = t1
+            .with_changes(&[("f".into(), 1)], &[], &"a".into(), 1)
+            .unwrap();
         assert_eq!(t2.rings.len(), 2);
         assert_eq!(t2.base(), v.base());
         assert!(t2.current().contains(&"e".into()) && t2.current().contains(&"f".into()));

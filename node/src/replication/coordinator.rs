@@ -30,7 +30,8 @@ pub struct Faults {
 
 pub struct Replicator {
     pub(super) me: MemberId,
-    actor: ActorId,
+    incarnation: u64,
+    generation: u64,
     pub(super) config: NodeConfig,
     pub(super) env: Env,
     pub(super) store: Store,
@@ -52,11 +53,12 @@ enum Delivery {
 }
 
 impl Replicator {
-    pub fn new(actor: ActorId, services: &Services) -> Arc<Replicator> {
+    pub fn new(incarnation: u64, generation: u64, services: &Services) -> Arc<Replicator> {
         let s = services.clone();
         Arc::new(Replicator {
             me: s.config.id.clone(),
-            actor,
+            incarnation,
+            generation,
             config: s.config,
             env: s.env,
             store: s.store,
@@ -67,11 +69,40 @@ impl Replicator {
         })
     }
 
+    /// The clock actor this member writes partition `p` as.
+    ///
+    /// A version vector entry `actor: k` claims every event of `actor` up to `k`, so an
+    /// actor may only issue dots while its local store holds everything it issued before
+    /// for the key. That holds for one run of the process (a restart can lose the last
+    /// writes in periodic durability: Riak's kv679) and while the partition is held
+    /// continuously (it may be handed off and come back before its data does). So the
+    /// actor is derived from the data directory's incarnation, the process generation and
+    /// the partition's tenure, which the store bumps whenever it drops the partition.
+    pub fn actor_for(&self, p: PartitionId) -> ActorId {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        for part in [
+            self.incarnation,
+            self.generation,
+            u64::from(p),
+            u64::from(self.store.tenure(p)),
+        ] {
+            h.update(&part.to_le_bytes());
+        }
+        ActorId(h.digest())
+    }
+
     /// Entry point for a client request received by this member. Writes are forwarded to
     /// a primary unless this member replicates the key; reads are coordinated here.
-    pub async fn handle_client(self: &Arc<Self>, request: ClientRequest, forwarded: bool) -> ClientResponse {
+    pub async fn handle_client(
+        self: &Arc<Self>,
+        request: ClientRequest,
+        forwarded: bool,
+    ) -> ClientResponse {
         let Some(view) = self.membership.view() else {
-            return ClientResponse::Refused { code: RefusalCode::NotReady, message: "this member has not joined a cluster yet".into() };
+            return ClientResponse::Refused {
+                code: RefusalCode::NotReady,
+                message: "this member has not joined a cluster yet".into(),
+            };
         };
         let p = view.current().partition_of_key(&request.key);
         match request.op {
@@ -89,70 +120,127 @@ impl Replicator {
     }
 
     /// Forwards a write to the first reachable primary; `None` if none answered.
-    async fn forward(&self, view: &ClusterView, p: PartitionId, request: &ClientRequest) -> Option<ClientResponse> {
+    async fn forward(
+        &self,
+        view: &ClusterView,
+        p: PartitionId,
+        request: &ClientRequest,
+    ) -> Option<ClientResponse> {
         for target in view.current().primaries(p, view.settings.n) {
             if !self.membership.is_alive(&target) {
                 continue;
             }
-            let Some(addr) = self.membership.peer_addr(&target) else { continue };
-            match self.rpc.call(&addr, Request::Coordinate(request.clone()), self.config.request_timeout).await {
+            let Some(addr) = self.membership.peer_addr(&target) else {
+                continue;
+            };
+            match self
+                .rpc
+                .call(
+                    &addr,
+                    Request::Coordinate(request.clone()),
+                    self.config.request_timeout,
+                )
+                .await
+            {
                 Ok(Response::Client(resp)) => {
                     self.metrics.forwarded.inc();
                     return Some(resp);
                 }
                 Err(RpcError::Unreachable(_)) => self.membership.report_unreachable(&target),
-                other => tracing::debug!(peer = %target, partition = p, result = ?other, "forwarding failed"),
+                other => {
+                    tracing::debug!(peer = %target, partition = p, result = ?other, "forwarding failed")
+                }
             }
         }
         None
     }
 
-    async fn coordinate_write(self: &Arc<Self>, view: &ClusterView, p: PartitionId, request: ClientRequest) -> ClientResponse {
+    async fn coordinate_write(
+        self: &Arc<Self>,
+        view: &ClusterView,
+        p: PartitionId,
+        request: ClientRequest,
+    ) -> ClientResponse {
         let settings = &view.settings;
         let mode = request.conflicts.unwrap_or(settings.conflicts);
         let w = request.w.unwrap_or(settings.w).clamp(1, settings.n);
         let (value, context) = match request.op {
             ClientOp::Put { value, context } => (Some(value), context),
             ClientOp::Delete { context } => (None, context),
-            ClientOp::Get => return ClientResponse::Refused { code: RefusalCode::Storage, message: "not a write".into() },
+            ClientOp::Get => {
+                return ClientResponse::Refused {
+                    code: RefusalCode::Storage,
+                    message: "not a write".into(),
+                };
+            }
+        };
+        let sets = view.write_sets(p);
+        let local_replica = sets.iter().any(|s| s.contains(&self.me));
+        // A member without the key's data cannot vouch for any earlier dot: each write it
+        // coordinates gets an actor of its own, used once.
+        let actor = if local_replica {
+            self.actor_for(p)
+        } else {
+            ActorId(self.env.random_u64())
         };
         let write = CoordinatedWrite {
-            actor: self.actor,
+            actor,
             context,
             value,
             timestamp_ms: self.env.clock.now_ms(),
             mode,
             max_siblings: settings.max_siblings,
         };
-        let sets = view.write_sets(p);
-        let local_replica = sets.iter().any(|s| s.contains(&self.me));
         let key = request.key;
-        let stored = if local_replica { self.store.coordinate(p, key.clone(), write).await } else { self.store.mint(write).await };
-        let object = match stored {
+        let stored = if local_replica {
+            self.store.coordinate(p, key.clone(), write).await
+        } else {
+            self.store.mint(write).await
+        };
+        let (object, dot) = match stored {
             Ok(o) => o,
             Err(StorageError::TooManySiblings { count, max }) => {
                 return ClientResponse::Refused {
                     code: RefusalCode::TooManySiblings,
-                    message: format!("the key has {count} siblings, more than the limit of {max}: read it and write back with the merged context"),
+                    message: format!(
+                        "the key has {count} siblings, more than the limit of {max}: read it and write back with the merged context"
+                    ),
                 };
             }
             Err(e) => {
                 tracing::error!(key = %String::from_utf8_lossy(&key), partition = p, error = %e, "local write failed");
-                return ClientResponse::Refused { code: RefusalCode::Storage, message: format!("storage error: {e}") };
+                return ClientResponse::Refused {
+                    code: RefusalCode::Storage,
+                    message: format!("storage error: {e}"),
+                };
             }
         };
         let mut acked: BTreeSet<MemberId> = BTreeSet::new();
         if local_replica {
             acked.insert(self.me.clone());
         }
-        let targets: BTreeSet<MemberId> = sets.iter().flatten().filter(|m| **m != self.me).cloned().collect();
-        let needed = |acked: &BTreeSet<MemberId>| sets.iter().all(|s| s.iter().filter(|m| acked.contains(*m)).count() >= w.min(s.len()));
+        let targets: BTreeSet<MemberId> = sets
+            .iter()
+            .flatten()
+            .filter(|m| **m != self.me)
+            .cloned()
+            .collect();
+        let needed = |acked: &BTreeSet<MemberId>| {
+            sets.iter()
+                .all(|s| s.iter().filter(|m| acked.contains(*m)).count() >= w.min(s.len()))
+        };
         let w_reported = w as u32;
         if self.faults.ack_writes_before_quorum.load(Ordering::Relaxed) {
             self.spawn_deliveries(view, p, &key, &object, mode, &targets, local_replica);
-            return ClientResponse::Written { object, acks: acked.len() as u32, w: w_reported };
+            return ClientResponse::Written {
+                object,
+                dot,
+                acks: acked.len() as u32,
+                w: w_reported,
+            };
         }
-        let mut results = self.spawn_deliveries(view, p, &key, &object, mode, &targets, local_replica);
+        let mut results =
+            self.spawn_deliveries(view, p, &key, &object, mode, &targets, local_replica);
         let deadline = Instant::now() + self.config.request_timeout;
         let mut pending = targets.len();
         while !needed(&acked) && pending > 0 {
@@ -167,13 +255,24 @@ impl Replicator {
             }
         }
         if needed(&acked) {
-            ClientResponse::Written { object, acks: acked.len() as u32, w: w_reported }
+            ClientResponse::Written {
+                object,
+                dot,
+                acks: acked.len() as u32,
+                w: w_reported,
+            }
         } else {
-            self.metrics.quorum_failures.with_label_values(&["write"]).inc();
+            self.metrics
+                .quorum_failures
+                .with_label_values(&["write"])
+                .inc();
             ClientResponse::Unavailable {
                 needed: w_reported,
                 acks: acked.len() as u32,
-                reason: format!("only {} of the replicas acknowledged the write in time; it may still reach the others", acked.len()),
+                reason: format!(
+                    "only {} of the replicas acknowledged the write in time; it may still reach the others",
+                    acked.len()
+                ),
             }
         }
     }
@@ -194,13 +293,17 @@ impl Replicator {
         let (tx, rx) = mpsc::channel(targets.len().max(1));
         let view = Arc::new(view.clone());
         // Fallbacks are shared so two down replicas are not both hinted to the same member.
-        let used: Arc<Mutex<BTreeSet<MemberId>>> = Arc::new(Mutex::new(targets.iter().cloned().chain([self.me.clone()]).collect()));
+        let used: Arc<Mutex<BTreeSet<MemberId>>> = Arc::new(Mutex::new(
+            targets.iter().cloned().chain([self.me.clone()]).collect(),
+        ));
         for target in targets {
             let this = self.clone();
             let (view, used, tx) = (view.clone(), used.clone(), tx.clone());
             let (target, key, object) = (target.clone(), key.clone(), object.clone());
             tokio::spawn(async move {
-                let delivery = this.deliver(&view, p, &key, &object, mode, &target, &used, local_replica).await;
+                let delivery = this
+                    .deliver(&view, p, &key, &object, mode, &target, &used, local_replica)
+                    .await;
                 let _ = tx.send((target, delivery)).await;
             });
         }
@@ -220,7 +323,10 @@ impl Replicator {
         local_replica: bool,
     ) -> Delivery {
         if self.membership.is_alive(target)
-            && self.replicate_to(target, p, key, object, mode, None).await.is_ok()
+            && self
+                .replicate_to(target, p, key, object, mode, None)
+                .await
+                .is_ok()
         {
             return Delivery::Direct;
         }
@@ -239,20 +345,33 @@ impl Replicator {
             if !claimed {
                 continue;
             }
-            if self.replicate_to(&fallback, p, key, object, mode, Some(target)).await.is_ok() {
+            if self
+                .replicate_to(&fallback, p, key, object, mode, Some(target))
+                .await
+                .is_ok()
+            {
                 self.metrics.hints_stored.inc();
                 return Delivery::Hinted(fallback);
             }
         }
         // Keep it here and retry until the target (or its successor) has it: the seed's
         // "retry list", made durable.
-        let hint = Hint { target: target.clone(), partition: p, key: key.clone(), object: object.clone() };
+        let hint = Hint {
+            target: target.clone(),
+            partition: p,
+            key: key.clone(),
+            object: object.clone(),
+        };
         match self.store.put_hint(hint, mode).await {
             Ok(()) => {
                 self.metrics.hints_stored.inc();
                 tracing::debug!(peer = %target, partition = p, "no replica or fallback reachable; keeping a hint");
                 // A coordinator that is not itself a replica is a distinct stand-in.
-                if local_replica { Delivery::Retrying } else { Delivery::Hinted(self.me.clone()) }
+                if local_replica {
+                    Delivery::Retrying
+                } else {
+                    Delivery::Hinted(self.me.clone())
+                }
             }
             Err(e) => {
                 tracing::error!(peer = %target, partition = p, error = %e, "could not keep a hint");
@@ -273,14 +392,45 @@ impl Replicator {
     ) -> Result<(), RpcError> {
         if member == &self.me {
             let result = match hint_for {
-                None => self.store.merge(p, key.clone(), object.clone(), mode).await.map(|_| ()),
-                Some(t) => self.store.put_hint(Hint { target: t.clone(), partition: p, key: key.clone(), object: object.clone() }, mode).await,
+                None => self
+                    .store
+                    .merge(p, key.clone(), object.clone(), mode)
+                    .await
+                    .map(|_| ()),
+                Some(t) => {
+                    self.store
+                        .put_hint(
+                            Hint {
+                                target: t.clone(),
+                                partition: p,
+                                key: key.clone(),
+                                object: object.clone(),
+                            },
+                            mode,
+                        )
+                        .await
+                }
             };
-            return result.map_err(|e| RpcError::Remote(RemoteError::new(ErrorCode::Storage, e.to_string())));
+            return result.map_err(|e| {
+                RpcError::Remote(RemoteError::new(ErrorCode::Storage, e.to_string()))
+            });
         }
-        let addr = self.membership.peer_addr(member).ok_or_else(|| RpcError::Unreachable(format!("no address for {member}")))?;
-        let request = Request::Replicate { partition: p, key: key.clone(), object: object.clone(), hint_for: hint_for.cloned(), mode };
-        match self.rpc.call(&addr, request, self.config.replica_timeout).await {
+        let addr = self
+            .membership
+            .peer_addr(member)
+            .ok_or_else(|| RpcError::Unreachable(format!("no address for {member}")))?;
+        let request = Request::Replicate {
+            partition: p,
+            key: key.clone(),
+            object: object.clone(),
+            hint_for: hint_for.cloned(),
+            mode,
+        };
+        match self
+            .rpc
+            .call(&addr, request, self.config.replica_timeout)
+            .await
+        {
             Ok(Response::Merged { .. } | Response::Ack) => Ok(()),
             Ok(_) => Err(RpcError::Unexpected("replicate")),
             Err(e) => {
@@ -292,12 +442,34 @@ impl Replicator {
         }
     }
 
-    async fn read_from(&self, member: &MemberId, p: PartitionId, key: &Bytes) -> Result<Option<Object>, RpcError> {
+    async fn read_from(
+        &self,
+        member: &MemberId,
+        p: PartitionId,
+        key: &Bytes,
+    ) -> Result<Option<Object>, RpcError> {
         if member == &self.me {
-            return self.store.get(p, key).map_err(|e| RpcError::Remote(RemoteError::new(ErrorCode::Storage, e.to_string())));
+            return self.store.get(p, key).map_err(|e| {
+                RpcError::Remote(RemoteError::new(ErrorCode::Storage, e.to_string()))
+            });
         }
-        let addr = self.membership.peer_addr(member).ok_or_else(|| RpcError::Unreachable(format!("no address for {member}")))?;
-        match self.rpc.call(&addr, Request::Read { partition: p, key: key.clone(), hint_for: None }, self.config.replica_timeout).await {
+        let addr = self
+            .membership
+            .peer_addr(member)
+            .ok_or_else(|| RpcError::Unreachable(format!("no address for {member}")))?;
+        match self
+            .rpc
+            .call(
+                &addr,
+                Request::Read {
+                    partition: p,
+                    key: key.clone(),
+                    hint_for: None,
+                },
+                self.config.replica_timeout,
+            )
+            .await
+        {
             Ok(Response::Object(o)) => Ok(o),
             Ok(_) => Err(RpcError::Unexpected("read")),
             Err(e) => {
@@ -309,11 +481,20 @@ impl Replicator {
         }
     }
 
-    async fn coordinate_read(self: &Arc<Self>, view: &ClusterView, p: PartitionId, request: ClientRequest) -> ClientResponse {
+    async fn coordinate_read(
+        self: &Arc<Self>,
+        view: &ClusterView,
+        p: PartitionId,
+        request: ClientRequest,
+    ) -> ClientResponse {
         let settings = &view.settings;
         let mode = request.conflicts.unwrap_or(settings.conflicts);
         let targets = view.read_set(p);
-        let r = request.r.unwrap_or(settings.r).clamp(1, settings.n).min(targets.len());
+        let r = request
+            .r
+            .unwrap_or(settings.r)
+            .clamp(1, settings.n)
+            .min(targets.len());
         let key = request.key;
         let (tx, mut rx) = mpsc::channel(targets.len().max(1));
         for target in &targets {
@@ -336,11 +517,18 @@ impl Replicator {
             }
         }
         if replies.len() < r {
-            self.metrics.quorum_failures.with_label_values(&["read"]).inc();
+            self.metrics
+                .quorum_failures
+                .with_label_values(&["read"])
+                .inc();
             return ClientResponse::Unavailable {
                 needed: r as u32,
                 acks: replies.len() as u32,
-                reason: format!("only {} of {} replicas answered in time", replies.len(), targets.len()),
+                reason: format!(
+                    "only {} of {} replicas answered in time",
+                    replies.len(),
+                    targets.len()
+                ),
             };
         }
         let merged = merge_all(replies.iter().filter_map(|(_, o)| o.as_ref()), mode);
@@ -349,17 +537,29 @@ impl Replicator {
         let this = self.clone();
         tokio::spawn(async move {
             let late_deadline = Instant::now() + this.config.replica_timeout;
-            while let Ok(Some((member, result))) = tokio::time::timeout_at(late_deadline, rx.recv()).await {
+            while let Ok(Some((member, result))) =
+                tokio::time::timeout_at(late_deadline, rx.recv()).await
+            {
                 if let Ok(obj) = result {
                     replies.push((member, obj));
                 }
             }
             this.read_repair(p, &key, replies, mode).await;
         });
-        ClientResponse::Read { object: merged, replies: answered, r: r as u32 }
+        ClientResponse::Read {
+            object: merged,
+            replies: answered,
+            r: r as u32,
+        }
     }
 
-    async fn read_repair(&self, p: PartitionId, key: &Bytes, replies: Vec<(MemberId, Option<Object>)>, mode: ConflictMode) {
+    async fn read_repair(
+        &self,
+        p: PartitionId,
+        key: &Bytes,
+        replies: Vec<(MemberId, Option<Object>)>,
+        mode: ConflictMode,
+    ) {
         let merged = merge_all(replies.iter().filter_map(|(_, o)| o.as_ref()), mode);
         if merged.is_empty() && merged.context.is_empty() {
             return;
@@ -369,7 +569,11 @@ impl Replicator {
             if obj.as_ref().map(Object::digest) == Some(digest) {
                 continue;
             }
-            if self.replicate_to(&member, p, key, &merged, mode, None).await.is_ok() {
+            if self
+                .replicate_to(&member, p, key, &merged, mode, None)
+                .await
+                .is_ok()
+            {
                 self.metrics.read_repairs.inc();
                 tracing::debug!(peer = %member, partition = p, key = %String::from_utf8_lossy(key), "read repair");
             }
@@ -378,20 +582,45 @@ impl Replicator {
 
     // ---- replica side ----
 
-    pub async fn handle_replicate(&self, p: PartitionId, key: Bytes, object: Object, hint_for: Option<MemberId>, mode: ConflictMode) -> Response {
+    pub async fn handle_replicate(
+        &self,
+        p: PartitionId,
+        key: Bytes,
+        object: Object,
+        hint_for: Option<MemberId>,
+        mode: ConflictMode,
+    ) -> Response {
         if let Err(e) = object.validate() {
             return Response::Error(RemoteError::new(ErrorCode::BadRequest, e));
         }
         match hint_for {
             Some(target) => {
-                self.metrics.replica_requests.with_label_values(&["hint"]).inc();
-                match self.store.put_hint(Hint { target, partition: p, key, object }, mode).await {
+                self.metrics
+                    .replica_requests
+                    .with_label_values(&["hint"])
+                    .inc();
+                match self
+                    .store
+                    .put_hint(
+                        Hint {
+                            target,
+                            partition: p,
+                            key,
+                            object,
+                        },
+                        mode,
+                    )
+                    .await
+                {
                     Ok(()) => Response::Ack,
                     Err(e) => Response::Error(RemoteError::new(ErrorCode::Storage, e.to_string())),
                 }
             }
             None => {
-                self.metrics.replica_requests.with_label_values(&["write"]).inc();
+                self.metrics
+                    .replica_requests
+                    .with_label_values(&["write"])
+                    .inc();
                 match self.store.merge(p, key, object, mode).await {
                     Ok(m) => Response::Merged { changed: m.changed },
                     Err(e) => Response::Error(RemoteError::new(ErrorCode::Storage, e.to_string())),
@@ -401,7 +630,10 @@ impl Replicator {
     }
 
     pub fn handle_read(&self, p: PartitionId, key: &[u8], hint_for: Option<&MemberId>) -> Response {
-        self.metrics.replica_requests.with_label_values(&["read"]).inc();
+        self.metrics
+            .replica_requests
+            .with_label_values(&["read"])
+            .inc();
         let result = match hint_for {
             Some(t) => self.store.hint(t, p, key),
             None => self.store.get(p, key),

@@ -35,10 +35,17 @@ impl Replicator {
     /// One delivery round over every member with hints. Returns hints delivered.
     pub async fn deliver_hints_once(&self) -> usize {
         let counts = self.store.hint_counts();
-        self.metrics.hints_pending.set(counts.values().sum::<u64>() as i64);
+        self.metrics
+            .hints_pending
+            .set(counts.values().sum::<u64>() as i64);
         let mut delivered = 0;
         for target in counts.keys() {
-            if !self.membership.is_alive(target) && self.membership.view().is_some_and(|v| v.status_of(target) != Some(MemberStatus::Removed)) {
+            if !self.membership.is_alive(target)
+                && self
+                    .membership
+                    .view()
+                    .is_some_and(|v| v.status_of(target) != Some(MemberStatus::Removed))
+            {
                 continue;
             }
             let hints = match self.store.hints_for(target, BATCH) {
@@ -58,26 +65,43 @@ impl Replicator {
     }
 
     async fn deliver_hint(&self, target: &MemberId, hint: &Hint) -> bool {
-        let Some(view) = self.membership.view() else { return false };
+        let Some(view) = self.membership.view() else {
+            return false;
+        };
         let mode = view.settings.conflicts;
         let digest = hint.object.digest();
-        let age_ms = self.env.clock.now_ms().saturating_sub(hint.object.latest_timestamp_ms());
+        let age_ms = self
+            .env
+            .clock
+            .now_ms()
+            .saturating_sub(hint.object.latest_timestamp_ms());
         if age_ms > self.config.tombstone_grace.as_millis() as u64 {
-            if let Ok(true) = self.store.remove_hint(target, hint.partition, hint.key.clone(), digest).await {
+            if let Ok(true) = self
+                .store
+                .remove_hint(target, hint.partition, hint.key.clone(), digest)
+                .await
+            {
                 self.metrics.hints_expired.inc();
                 tracing::warn!(peer = %target, partition = hint.partition, "dropped a hint older than the tombstone grace period");
             }
             return false;
         }
         let ok = if view.replicates(target, hint.partition) {
-            self.replicate_to(target, hint.partition, &hint.key, &hint.object, mode, None).await.is_ok()
+            self.replicate_to(target, hint.partition, &hint.key, &hint.object, mode, None)
+                .await
+                .is_ok()
         } else {
             // The ring moved on: hand the write to the partition's current replicas.
             let mut acks = 0;
             let sets = view.write_sets(hint.partition);
             let members: std::collections::BTreeSet<&MemberId> = sets.iter().flatten().collect();
             for m in &members {
-                if self.membership.is_alive(m) && self.replicate_to(m, hint.partition, &hint.key, &hint.object, mode, None).await.is_ok() {
+                if self.membership.is_alive(m)
+                    && self
+                        .replicate_to(m, hint.partition, &hint.key, &hint.object, mode, None)
+                        .await
+                        .is_ok()
+                {
                     acks += 1;
                 }
             }
@@ -86,7 +110,11 @@ impl Replicator {
         if !ok {
             return false;
         }
-        match self.store.remove_hint(target, hint.partition, hint.key.clone(), digest).await {
+        match self
+            .store
+            .remove_hint(target, hint.partition, hint.key.clone(), digest)
+            .await
+        {
             Ok(true) => {
                 self.metrics.hints_delivered.inc();
                 true

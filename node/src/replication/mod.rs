@@ -16,7 +16,7 @@ mod hints;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::clock::{ConflictMode, Object, VersionVector};
+use crate::clock::{ConflictMode, Dot, Object, VersionVector};
 
 pub use coordinator::Replicator;
 
@@ -34,8 +34,13 @@ pub struct ClientRequest {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ClientOp {
     Get,
-    Put { value: Bytes, context: VersionVector },
-    Delete { context: VersionVector },
+    Put {
+        value: Bytes,
+        context: VersionVector,
+    },
+    Delete {
+        context: VersionVector,
+    },
 }
 
 impl ClientOp {
@@ -51,11 +56,24 @@ impl ClientOp {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ClientResponse {
     /// A read's merged result (possibly empty: not found, or only tombstones).
-    Read { object: Object, replies: u32, r: u32 },
+    Read {
+        object: Object,
+        replies: u32,
+        r: u32,
+    },
     /// A write reached its quorum in every live ring.
-    Written { object: Object, acks: u32, w: u32 },
+    Written {
+        object: Object,
+        dot: Dot,
+        acks: u32,
+        w: u32,
+    },
     /// The quorum could not be reached; a write may still have reached some replicas.
-    Unavailable { needed: u32, acks: u32, reason: String },
+    Unavailable {
+        needed: u32,
+        acks: u32,
+        reason: String,
+    },
     /// The request was refused without effect.
     Refused { code: RefusalCode, message: String },
 }

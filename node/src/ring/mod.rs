@@ -58,7 +58,9 @@ pub type PartitionId = u32;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum RingError {
-    #[error("partition count {0} must be a power of two between {MIN_PARTITIONS} and {MAX_PARTITIONS}")]
+    #[error(
+        "partition count {0} must be a power of two between {MIN_PARTITIONS} and {MAX_PARTITIONS}"
+    )]
     BadPartitionCount(u32),
     #[error("the ring has no members")]
     NoMembers,
@@ -116,7 +118,11 @@ struct RingRepr {
 
 impl From<Ring> for RingRepr {
     fn from(r: Ring) -> Self {
-        RingRepr { epoch: r.epoch, members: r.members, owners: r.owners }
+        RingRepr {
+            epoch: r.epoch,
+            members: r.members,
+            owners: r.owners,
+        }
     }
 }
 
@@ -125,7 +131,10 @@ impl TryFrom<RingRepr> for Ring {
     fn try_from(r: RingRepr) -> Result<Ring, RingError> {
         let mut owners = Vec::with_capacity(r.owners.len());
         for &i in &r.owners {
-            let m = r.members.get(usize::from(i)).ok_or_else(|| RingError::Malformed("owner index out of range".into()))?;
+            let m = r
+                .members
+                .get(usize::from(i))
+                .ok_or_else(|| RingError::Malformed("owner index out of range".into()))?;
             owners.push(m.id.clone());
         }
         let ring = Ring::from_owners(r.epoch, r.members, &owners)?;
@@ -136,7 +145,11 @@ impl TryFrom<RingRepr> for Ring {
 impl Ring {
     /// Builds a ring from an explicit owner per partition. Used by the planner and by
     /// decoders; validates every invariant so a malformed ring can never be adopted.
-    pub fn from_owners(epoch: u64, members: Vec<RingMember>, owners: &[MemberId]) -> Result<Ring, RingError> {
+    pub fn from_owners(
+        epoch: u64,
+        members: Vec<RingMember>,
+        owners: &[MemberId],
+    ) -> Result<Ring, RingError> {
         let q = u32::try_from(owners.len()).map_err(|_| RingError::BadPartitionCount(u32::MAX))?;
         validate_partition_count(q)?;
         if members.is_empty() {
@@ -146,12 +159,18 @@ impl Ring {
         members.sort_by(|a, b| a.id.cmp(&b.id));
         for pair in members.windows(2) {
             if pair[0].id == pair[1].id {
-                return Err(RingError::Malformed(format!("member {} listed twice", pair[0].id)));
+                return Err(RingError::Malformed(format!(
+                    "member {} listed twice",
+                    pair[0].id
+                )));
             }
         }
         for m in &members {
             if m.weight == 0 || m.weight > MAX_WEIGHT {
-                return Err(RingError::BadWeight { got: m.weight, max: MAX_WEIGHT });
+                return Err(RingError::BadWeight {
+                    got: m.weight,
+                    max: MAX_WEIGHT,
+                });
             }
         }
         if members.len() > usize::from(u16::MAX) {
@@ -164,7 +183,11 @@ impl Ring {
                 .map_err(|_| RingError::NotMember(owner.clone()))?;
             idx.push(i as u16);
         }
-        Ok(Ring { epoch, members, owners: idx })
+        Ok(Ring {
+            epoch,
+            members,
+            owners: idx,
+        })
     }
 
     /// Every owner index is in range: checked by [`Ring::from_owners`] and on decoding.
@@ -189,7 +212,10 @@ impl Ring {
     }
 
     pub fn weight_of(&self, id: &MemberId) -> Option<u32> {
-        self.members.binary_search_by(|m| m.id.cmp(id)).ok().map(|i| self.members[i].weight)
+        self.members
+            .binary_search_by(|m| m.id.cmp(id))
+            .ok()
+            .map(|i| self.members[i].weight)
     }
 
     /// The owner of partition `p` (which must be `< Q`).
@@ -200,7 +226,10 @@ impl Ring {
 
     /// Owners of all partitions in order.
     pub fn owners(&self) -> Vec<MemberId> {
-        self.owners.iter().map(|&i| self.member_at(i).id.clone()).collect()
+        self.owners
+            .iter()
+            .map(|&i| self.member_at(i).id.clone())
+            .collect()
     }
 
     /// The partition a key hash falls into.
@@ -215,7 +244,9 @@ impl Ring {
     /// Partitions owned by `id`.
     pub fn partitions_of(&self, id: &MemberId) -> Vec<PartitionId> {
         match self.members.binary_search_by(|m| m.id.cmp(id)) {
-            Ok(i) => (0..self.owners.len() as u32).filter(|&p| usize::from(self.owners[p as usize]) == i).collect(),
+            Ok(i) => (0..self.owners.len() as u32)
+                .filter(|&p| usize::from(self.owners[p as usize]) == i)
+                .collect(),
             Err(_) => Vec::new(),
         }
     }
@@ -226,7 +257,11 @@ impl Ring {
         for &o in &self.owners {
             counts[usize::from(o)] += 1;
         }
-        self.members.iter().zip(counts).map(|(m, c)| (m.id.clone(), c)).collect()
+        self.members
+            .iter()
+            .zip(counts)
+            .map(|(m, c)| (m.id.clone(), c))
+            .collect()
     }
 
     /// The members met walking clockwise from partition `p`, each once, in order: the
@@ -260,7 +295,9 @@ impl Ring {
 
     /// Partitions for which `id` is one of the `n` primaries.
     pub fn replicated_by(&self, id: &MemberId, n: usize) -> Vec<PartitionId> {
-        (0..self.partition_count()).filter(|&p| self.is_primary(p, n, id)).collect()
+        (0..self.partition_count())
+            .filter(|&p| self.is_primary(p, n, id))
+            .collect()
     }
 
     /// Number of windows of `n` consecutive partitions (wrapping) that do not hold `n`
@@ -284,7 +321,11 @@ impl Ring {
 /// Partition of a hash for `q` partitions (a power of two).
 pub fn partition_of_hash(hash: u64, q: u32) -> PartitionId {
     let bits = q.trailing_zeros();
-    if bits == 0 { 0 } else { (hash >> (64 - bits)) as PartitionId }
+    if bits == 0 {
+        0
+    } else {
+        (hash >> (64 - bits)) as PartitionId
+    }
 }
 
 /// Counts windows of `n` consecutive entries (wrapping) that repeat a value.
@@ -309,7 +350,13 @@ mod tests {
         let mut ids: Vec<&str> = owners.to_vec();
         ids.sort();
         ids.dedup();
-        let members = ids.iter().map(|id| RingMember { id: MemberId::from(*id), weight: 1 }).collect();
+        let members = ids
+            .iter()
+            .map(|id| RingMember {
+                id: MemberId::from(*id),
+                weight: 1,
+            })
+            .collect();
         let owners: Vec<MemberId> = owners.iter().map(|s| MemberId::from(*s)).collect();
         Ring::from_owners(1, members, &owners).unwrap()
     }
@@ -326,7 +373,10 @@ mod tests {
     fn key_hash_is_stable() {
         // Part of the storage format: a change here must be deliberate.
         assert_eq!(key_hash(b""), 0x2d06800538d394c2);
-        assert_eq!(key_hash(b"key0000001"), xxhash_rust::xxh3::xxh3_64(b"key0000001"));
+        assert_eq!(
+            key_hash(b"key0000001"),
+            xxhash_rust::xxh3::xxh3_64(b"key0000001")
+        );
     }
 
     /// 1,000,000 sequential keys over 256 partitions: the fullest partition holds less than
@@ -347,8 +397,14 @@ mod tests {
     #[test]
     fn walk_wraps_and_skips_repeats() {
         let r = ring_of(&["a", "a", "b", "a", "c", "b", "a", "d"]);
-        assert_eq!(r.primaries(0, 3), vec![MemberId::from("a"), "b".into(), "c".into()]);
-        assert_eq!(r.primaries(6, 3), vec![MemberId::from("a"), "d".into(), "b".into()]);
+        assert_eq!(
+            r.primaries(0, 3),
+            vec![MemberId::from("a"), "b".into(), "c".into()]
+        );
+        assert_eq!(
+            r.primaries(6, 3),
+            vec![MemberId::from("a"), "d".into(), "b".into()]
+        );
         let walk: Vec<&str> = r.walk(7).into_iter().map(|m| m.as_str()).collect();
         assert_eq!(walk, vec!["d", "a", "b", "c"]);
     }
@@ -370,15 +426,29 @@ mod tests {
 
     #[test]
     fn rejects_bad_partition_counts() {
-        assert_eq!(validate_partition_count(100), Err(RingError::BadPartitionCount(100)));
-        assert_eq!(validate_partition_count(4), Err(RingError::BadPartitionCount(4)));
+        assert_eq!(
+            validate_partition_count(100),
+            Err(RingError::BadPartitionCount(100))
+        );
+        assert_eq!(
+            validate_partition_count(4),
+            Err(RingError::BadPartitionCount(4))
+        );
         assert!(validate_partition_count(256).is_ok());
     }
 
     #[test]
     fn from_owners_rejects_unknown_owner() {
-        let members = vec![RingMember { id: "a".into(), weight: 1 }];
-        let owners: Vec<MemberId> = (0..8).map(|i| if i == 3 { "x".into() } else { "a".into() }).collect();
-        assert_eq!(Ring::from_owners(1, members, &owners), Err(RingError::NotMember("x".into())));
+        let members = vec![RingMember {
+            id: "a".into(),
+            weight: 1,
+        }];
+        let owners: Vec<MemberId> = (0..8)
+            .map(|i| if i == 3 { "x".into() } else { "a".into() })
+            .collect();
+        assert_eq!(
+            Ring::from_owners(1, members, &owners),
+            Err(RingError::NotMember("x".into()))
+        );
     }
 }

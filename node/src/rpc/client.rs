@@ -52,6 +52,9 @@ struct Conn {
     pending: Mutex<FnvHashMap<u64, oneshot::Sender<Response>>>,
     next_id: AtomicU64,
     closed: AtomicBool,
+    /// When a frame last arrived: a connection that answers nothing while requests time
+    /// out is half-open (the peer restarted or vanished without a reset) and is dropped.
+    last_frame: Mutex<Instant>,
 }
 
 impl Conn {
@@ -63,18 +66,41 @@ impl Conn {
 }
 
 impl RpcClient {
-    pub fn new(env: Env, me: MemberId, secret: &[u8], connect_timeout: Duration, metrics: Metrics) -> RpcClient {
+    pub fn new(
+        env: Env,
+        me: MemberId,
+        secret: &[u8],
+        connect_timeout: Duration,
+        metrics: Metrics,
+    ) -> RpcClient {
         RpcClient {
-            inner: Arc::new(Inner { env, me, secret: secret.into(), connect_timeout, metrics, peers: Mutex::new(FnvHashMap::default()) }),
+            inner: Arc::new(Inner {
+                env,
+                me,
+                secret: secret.into(),
+                connect_timeout,
+                metrics,
+                peers: Mutex::new(FnvHashMap::default()),
+            }),
         }
     }
 
-    /// Sends `request` to the member at `addr` and waits for its answer until `deadline`.
-    pub async fn call(&self, addr: &str, request: Request, timeout: Duration) -> Result<Response, RpcError> {
+    /// Sends `request` to the member at `addr` and waits for its answer for `timeout`.
+    pub async fn call(
+        &self,
+        addr: &str,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<Response, RpcError> {
         let kind = request.kind();
-        let result = tokio::time::timeout(timeout, self.call_inner(addr, request)).await.unwrap_or(Err(RpcError::Timeout));
+        let deadline = Instant::now() + timeout;
+        let result = self.call_inner(addr, request, deadline).await;
         if let Err(e) = &result {
-            self.inner.metrics.rpc_errors.with_label_values(&[e.kind()]).inc();
+            self.inner
+                .metrics
+                .rpc_errors
+                .with_label_values(&[e.kind()])
+                .inc();
             tracing::debug!(peer = addr, request = kind, error = %e, "rpc failed");
         }
         result
@@ -97,25 +123,46 @@ impl RpcClient {
         }
     }
 
-    async fn call_inner(&self, addr: &str, request: Request) -> Result<Response, RpcError> {
-        let conn = self.connection(addr).await?;
+    async fn call_inner(
+        &self,
+        addr: &str,
+        request: Request,
+        deadline: Instant,
+    ) -> Result<Response, RpcError> {
+        let conn = tokio::time::timeout_at(deadline, self.connection(addr))
+            .await
+            .map_err(|_| RpcError::Timeout)??;
         let id = conn.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         conn.pending.lock().insert(id, tx);
-        let bytes = match frame::encode(&Frame { id, body: FrameBody::Request(request) }) {
+        let bytes = match frame::encode(&Frame {
+            id,
+            body: FrameBody::Request(request),
+        }) {
             Ok(b) => b,
             Err(e) => {
                 conn.pending.lock().remove(&id);
                 return Err(RpcError::Codec(e.to_string()));
             }
         };
-        if conn.tx.send(bytes).await.is_err() {
-            conn.pending.lock().remove(&id);
-            return Err(RpcError::Closed);
-        }
-        // If the caller's deadline fires, this future is dropped; remove the waiter then.
+        // Removes the waiter however this call ends (including being dropped).
         let guard = PendingGuard { conn: &conn, id };
-        let response = rx.await.map_err(|_| RpcError::Closed);
+        let sent_at = Instant::now();
+        match tokio::time::timeout_at(deadline, conn.tx.send(bytes)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(RpcError::Closed),
+            Err(_) => return Err(RpcError::Timeout),
+        }
+        let response = match tokio::time::timeout_at(deadline, rx).await {
+            Ok(r) => r.map_err(|_| RpcError::Closed),
+            Err(_) => {
+                if *conn.last_frame.lock() < sent_at {
+                    tracing::debug!(peer = %conn.peer_id, "no answer on the connection since the request; dropping it");
+                    conn.fail_all();
+                }
+                Err(RpcError::Timeout)
+            }
+        };
         drop(guard);
         match response? {
             Response::Error(e) => Err(RpcError::Remote(e)),
@@ -128,7 +175,13 @@ impl RpcClient {
             let mut peers = self.inner.peers.lock();
             peers
                 .entry(addr.to_string())
-                .or_insert_with(|| Arc::new(Peer { addr: addr.to_string(), conn: tokio::sync::Mutex::new(None), failed_at: Mutex::new(None) }))
+                .or_insert_with(|| {
+                    Arc::new(Peer {
+                        addr: addr.to_string(),
+                        conn: tokio::sync::Mutex::new(None),
+                        failed_at: Mutex::new(None),
+                    })
+                })
                 .clone()
         };
         let mut slot = peer.conn.lock().await;
@@ -140,9 +193,15 @@ impl RpcClient {
         if let Some(t) = *peer.failed_at.lock()
             && t.elapsed() < RECONNECT_BACKOFF
         {
-            return Err(RpcError::Unreachable(format!("{} (recently failed)", peer.addr)));
+            return Err(RpcError::Unreachable(format!(
+                "{} (recently failed)",
+                peer.addr
+            )));
         }
-        match tokio::time::timeout(self.inner.connect_timeout, self.connect(&peer.addr)).await.unwrap_or(Err(RpcError::Timeout)) {
+        match tokio::time::timeout(self.inner.connect_timeout, self.connect(&peer.addr))
+            .await
+            .unwrap_or(Err(RpcError::Timeout))
+        {
             Ok(conn) => {
                 *peer.failed_at.lock() = None;
                 *slot = Some(conn.clone());
@@ -157,13 +216,26 @@ impl RpcClient {
     }
 
     async fn connect(&self, addr: &str) -> Result<Arc<Conn>, RpcError> {
-        let stream = self.inner.env.network.connect(addr).await.map_err(|e| RpcError::Unreachable(format!("{addr}: {e}")))?;
+        let stream = self
+            .inner
+            .env
+            .network
+            .connect(addr)
+            .await
+            .map_err(|e| RpcError::Unreachable(format!("{addr}: {e}")))?;
         let (r, w) = tokio::io::split(stream);
         let mut reader = BufReader::new(r);
         let mut writer = BufWriter::new(w);
         let peer_id = self.handshake(&mut reader, &mut writer).await?;
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
-        let conn = Arc::new(Conn { peer_id, tx, pending: Mutex::new(FnvHashMap::default()), next_id: AtomicU64::new(1), closed: AtomicBool::new(false) });
+        let conn = Arc::new(Conn {
+            peer_id,
+            tx,
+            pending: Mutex::new(FnvHashMap::default()),
+            next_id: AtomicU64::new(1),
+            closed: AtomicBool::new(false),
+            last_frame: Mutex::new(Instant::now()),
+        });
         tokio::spawn(write_loop(writer, rx, conn.clone()));
         tokio::spawn(read_loop(reader, conn.clone()));
         Ok(conn)
@@ -176,18 +248,56 @@ impl RpcClient {
     ) -> Result<MemberId, RpcError> {
         let me = &self.inner.me;
         let nonce: frame::Nonce = self.inner.env.random_bytes();
-        frame::write_frame(writer, &Frame { id: 0, body: FrameBody::Hello { member: me.clone(), nonce } }).await?;
+        frame::write_frame(
+            writer,
+            &Frame {
+                id: 0,
+                body: FrameBody::Hello {
+                    member: me.clone(),
+                    nonce,
+                },
+            },
+        )
+        .await?;
         let (server, server_nonce, server_proof) = match frame::read_frame(reader).await?.body {
-            FrameBody::Challenge { member, nonce, proof } => (member, nonce, proof),
+            FrameBody::Challenge {
+                member,
+                nonce,
+                proof,
+            } => (member, nonce, proof),
             FrameBody::Refused { reason } => return Err(RpcError::Auth(reason)),
-            other => return Err(RpcError::Codec(format!("expected a challenge, got {other:?}"))),
+            other => {
+                return Err(RpcError::Codec(format!(
+                    "expected a challenge, got {other:?}"
+                )));
+            }
         };
-        if !frame::verify(&self.inner.secret, "server", (me, &nonce), (&server, &server_nonce), &server_proof) {
+        if !frame::verify(
+            &self.inner.secret,
+            "server",
+            (me, &nonce),
+            (&server, &server_nonce),
+            &server_proof,
+        ) {
             self.inner.metrics.rpc_auth_failures.inc();
-            return Err(RpcError::Auth(format!("{server} did not prove the cluster secret")));
+            return Err(RpcError::Auth(format!(
+                "{server} did not prove the cluster secret"
+            )));
         }
-        let proof = frame::proof(&self.inner.secret, "client", (me, &nonce), (&server, &server_nonce));
-        frame::write_frame(writer, &Frame { id: 0, body: FrameBody::Proof { proof } }).await?;
+        let proof = frame::proof(
+            &self.inner.secret,
+            "client",
+            (me, &nonce),
+            (&server, &server_nonce),
+        );
+        frame::write_frame(
+            writer,
+            &Frame {
+                id: 0,
+                body: FrameBody::Proof { proof },
+            },
+        )
+        .await?;
         match frame::read_frame(reader).await?.body {
             FrameBody::Welcome => Ok(server),
             FrameBody::Refused { reason } => Err(RpcError::Auth(reason)),
@@ -207,7 +317,11 @@ impl Drop for PendingGuard<'_> {
     }
 }
 
-async fn write_loop(mut writer: BufWriter<WriteHalf<BoxConnection>>, mut rx: mpsc::Receiver<Vec<u8>>, conn: Arc<Conn>) {
+async fn write_loop(
+    mut writer: BufWriter<WriteHalf<BoxConnection>>,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    conn: Arc<Conn>,
+) {
     while let Some(bytes) = rx.recv().await {
         if writer.write_all(&bytes).await.is_err() {
             break;
@@ -231,7 +345,11 @@ async fn write_loop(mut writer: BufWriter<WriteHalf<BoxConnection>>, mut rx: mps
 async fn read_loop(mut reader: BufReader<ReadHalf<BoxConnection>>, conn: Arc<Conn>) {
     loop {
         match frame::read_frame(&mut reader).await {
-            Ok(Frame { id, body: FrameBody::Response(resp) }) => {
+            Ok(Frame {
+                id,
+                body: FrameBody::Response(resp),
+            }) => {
+                *conn.last_frame.lock() = Instant::now();
                 if let Some(waiter) = conn.pending.lock().remove(&id) {
                     let _ = waiter.send(resp);
                 }

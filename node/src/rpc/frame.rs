@@ -42,11 +42,22 @@ pub enum CodecError {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum FrameBody {
-    Hello { member: MemberId, nonce: Nonce },
-    Challenge { member: MemberId, nonce: Nonce, proof: Proof },
-    Proof { proof: Proof },
+    Hello {
+        member: MemberId,
+        nonce: Nonce,
+    },
+    Challenge {
+        member: MemberId,
+        nonce: Nonce,
+        proof: Proof,
+    },
+    Proof {
+        proof: Proof,
+    },
     Welcome,
-    Refused { reason: String },
+    Refused {
+        reason: String,
+    },
     Request(Request),
     Response(Response),
 }
@@ -82,11 +93,15 @@ pub fn decode(bytes: &[u8]) -> Result<Frame, CodecError> {
     }
     let mut id = [0u8; 8];
     id.copy_from_slice(&bytes[1..9]);
-    let (body, rest): (FrameBody, &[u8]) = postcard::take_from_bytes(&bytes[9..]).map_err(|e| CodecError::Decode(e.to_string()))?;
+    let (body, rest): (FrameBody, &[u8]) =
+        postcard::take_from_bytes(&bytes[9..]).map_err(|e| CodecError::Decode(e.to_string()))?;
     if !rest.is_empty() {
         return Err(CodecError::Decode("trailing bytes".into()));
     }
-    Ok(Frame { id: u64::from_be_bytes(id), body })
+    Ok(Frame {
+        id: u64::from_be_bytes(id),
+        body,
+    })
 }
 
 pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Frame, CodecError> {
@@ -105,18 +120,31 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Frame, CodecE
     decode(&buf)
 }
 
-pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &Frame) -> Result<(), CodecError> {
+pub async fn write_frame<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    frame: &Frame,
+) -> Result<(), CodecError> {
     let buf = encode(frame)?;
     w.write_all(&buf).await?;
     w.flush().await?;
     Ok(())
 }
 
-fn keyed_mac(secret: &[u8], role: &str, client: (&MemberId, &Nonce), server: (&MemberId, &Nonce)) -> Option<Hmac<Sha256>> {
+fn keyed_mac(
+    secret: &[u8],
+    role: &str,
+    client: (&MemberId, &Nonce),
+    server: (&MemberId, &Nonce),
+) -> Option<Hmac<Sha256>> {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).ok()?;
     mac.update(b"dynamo-rpc-v1/");
     mac.update(role.as_bytes());
-    for part in [client.0.as_str().as_bytes(), client.1, server.0.as_str().as_bytes(), server.1] {
+    for part in [
+        client.0.as_str().as_bytes(),
+        client.1,
+        server.0.as_str().as_bytes(),
+        server.1,
+    ] {
         mac.update(&(part.len() as u32).to_be_bytes());
         mac.update(part);
     }
@@ -125,12 +153,23 @@ fn keyed_mac(secret: &[u8], role: &str, client: (&MemberId, &Nonce), server: (&M
 
 /// The proof that the party speaking for `role` knows the secret, bound to both nonces and
 /// both identities so it cannot be replayed on another connection.
-pub fn proof(secret: &[u8], role: &str, client: (&MemberId, &Nonce), server: (&MemberId, &Nonce)) -> Proof {
+pub fn proof(
+    secret: &[u8],
+    role: &str,
+    client: (&MemberId, &Nonce),
+    server: (&MemberId, &Nonce),
+) -> Proof {
     keyed_mac(secret, role, client, server).map_or([0; 32], |m| m.finalize().into_bytes().into())
 }
 
 /// Constant-time check of a received proof.
-pub fn verify(secret: &[u8], role: &str, client: (&MemberId, &Nonce), server: (&MemberId, &Nonce), got: &Proof) -> bool {
+pub fn verify(
+    secret: &[u8],
+    role: &str,
+    client: (&MemberId, &Nonce),
+    server: (&MemberId, &Nonce),
+    got: &Proof,
+) -> bool {
     keyed_mac(secret, role, client, server).is_some_and(|m| m.verify_slice(got).is_ok())
 }
 
@@ -141,25 +180,37 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let f = Frame { id: 42, body: FrameBody::Request(Request::Ping) };
+        let f = Frame {
+            id: 42,
+            body: FrameBody::Request(Request::Ping),
+        };
         let bytes = encode(&f).unwrap();
         assert_eq!(decode(&bytes[4..]).unwrap(), f);
     }
 
     #[test]
     fn rejects_other_versions_and_garbage() {
-        let f = Frame { id: 1, body: FrameBody::Welcome };
+        let f = Frame {
+            id: 1,
+            body: FrameBody::Welcome,
+        };
         let mut bytes = encode(&f).unwrap();
         bytes[4] = 2;
         assert!(matches!(decode(&bytes[4..]), Err(CodecError::Version(2))));
         assert!(matches!(decode(&[1, 0]), Err(CodecError::TooShort)));
-        assert!(matches!(decode(&[1, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]), Err(CodecError::Decode(_))));
+        assert!(matches!(
+            decode(&[1, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]),
+            Err(CodecError::Decode(_))
+        ));
     }
 
     #[tokio::test]
     async fn read_refuses_oversized_length() {
         let mut input: &[u8] = &(u32::MAX).to_be_bytes();
-        assert!(matches!(read_frame(&mut input).await, Err(CodecError::TooLarge(_))));
+        assert!(matches!(
+            read_frame(&mut input).await,
+            Err(CodecError::TooLarge(_))
+        ));
     }
 
     #[test]

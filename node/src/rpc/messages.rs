@@ -17,28 +17,62 @@ pub enum Request {
     GossipPush(GossipPush),
     /// Merge `object` into the replica's record of `key` — or, with `hint_for`, hold it as a
     /// hint for that member.
-    Replicate { partition: PartitionId, key: Bytes, object: Object, hint_for: Option<MemberId>, mode: ConflictMode },
+    Replicate {
+        partition: PartitionId,
+        key: Bytes,
+        object: Object,
+        hint_for: Option<MemberId>,
+        mode: ConflictMode,
+    },
     /// The replica's record of `key` (or its hint held for `hint_for`).
-    Read { partition: PartitionId, key: Bytes, hint_for: Option<MemberId> },
+    Read {
+        partition: PartitionId,
+        key: Bytes,
+        hint_for: Option<MemberId>,
+    },
     /// A client request forwarded to a primary, which coordinates it.
     Coordinate(ClientRequest),
     /// Asks the claimant to add a member to the ring.
-    Join { member: MemberId, weight: u32 },
+    Join {
+        member: MemberId,
+        weight: u32,
+    },
     /// Asks the claimant to decommission a member.
-    Leave { member: MemberId },
+    Leave {
+        member: MemberId,
+    },
     /// Merkle roots of the given partitions.
-    MerkleRoots { partitions: Vec<PartitionId> },
+    MerkleRoots {
+        partitions: Vec<PartitionId>,
+    },
     /// The middle level of a partition's tree (`middles: None`) or the leaves under the
     /// given middle nodes.
-    MerkleNodes { partition: PartitionId, middles: Option<Vec<u16>> },
+    MerkleNodes {
+        partition: PartitionId,
+        middles: Option<Vec<u16>>,
+    },
     /// Key digests in the given leaves.
-    LeafEntries { partition: PartitionId, leaves: Vec<u16> },
+    LeafEntries {
+        partition: PartitionId,
+        leaves: Vec<u16>,
+    },
     /// Full records of the given keys.
-    Fetch { partition: PartitionId, keys: Vec<Bytes> },
+    Fetch {
+        partition: PartitionId,
+        keys: Vec<Bytes>,
+    },
     /// The next page of a partition, for ownership handoff.
-    HandoffPull { partition: PartitionId, after: Option<Bytes>, max_bytes: u32 },
+    HandoffPull {
+        partition: PartitionId,
+        after: Option<Bytes>,
+        max_bytes: u32,
+    },
     /// Removes a tombstone that every replica holds, if unchanged.
-    Reap { partition: PartitionId, key: Bytes, digest: u64 },
+    Reap {
+        partition: PartitionId,
+        key: Bytes,
+        digest: u64,
+    },
 }
 
 impl Request {
@@ -68,14 +102,19 @@ pub enum Response {
     Pong,
     GossipDelta(GossipDelta),
     Ack,
-    Merged { changed: bool },
+    Merged {
+        changed: bool,
+    },
     Object(Option<Object>),
     Client(ClientResponse),
     Roots(Vec<(PartitionId, u64)>),
     Nodes(Vec<u64>),
     Entries(Vec<(Bytes, u64)>),
     Objects(Vec<(Bytes, Object)>),
-    Page { items: Vec<(Bytes, Object)>, done: bool },
+    Page {
+        items: Vec<(Bytes, Object)>,
+        done: bool,
+    },
     Reaped(bool),
     Error(RemoteError),
 }
@@ -103,6 +142,9 @@ pub enum ErrorCode {
 
 impl RemoteError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        RemoteError { code, message: message.into() }
+        RemoteError {
+            code,
+            message: message.into(),
+        }
     }
 }

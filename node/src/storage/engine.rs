@@ -50,7 +50,13 @@ pub trait Engine: Send + Sync + 'static {
     /// Applies all ops atomically; with `sync` the batch is on stable storage on return.
     fn write(&self, ops: &[BatchOp], sync: bool) -> Result<(), StorageError>;
     /// Up to `limit` entries with `start <= key < end` (no end: to the keyspace's end).
-    fn scan(&self, space: Space, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<KeyValue>, StorageError>;
+    fn scan(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StorageError>;
     /// Makes every earlier write durable.
     fn sync(&self) -> Result<(), StorageError>;
     /// Whether calls may block on disk I/O (then the store keeps them off async tasks).
@@ -73,14 +79,18 @@ fn engine_err(e: fjall::Error) -> StorageError {
 
 impl FjallEngine {
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<FjallEngine, StorageError> {
-        std::fs::create_dir_all(dir).map_err(|e| StorageError::Engine(format!("create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StorageError::Engine(format!("create {}: {e}", dir.display())))?;
         let db = fjall::Database::builder(dir.join("engine"))
             .cache_size(cache_bytes)
             .open()
             .map_err(engine_err)?;
         let mut spaces = Vec::new();
         for s in Space::ALL {
-            spaces.push(db.keyspace(s.name(), fjall::KeyspaceCreateOptions::default).map_err(engine_err)?);
+            spaces.push(
+                db.keyspace(s.name(), fjall::KeyspaceCreateOptions::default)
+                    .map_err(engine_err)?,
+            );
         }
         Ok(FjallEngine { db, spaces })
     }
@@ -92,7 +102,11 @@ impl FjallEngine {
 
 impl Engine for FjallEngine {
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        Ok(self.ks(space).get(key).map_err(engine_err)?.map(|v| v.to_vec()))
+        Ok(self
+            .ks(space)
+            .get(key)
+            .map_err(engine_err)?
+            .map(|v| v.to_vec()))
     }
 
     fn write(&self, ops: &[BatchOp], sync: bool) -> Result<(), StorageError> {
@@ -109,8 +123,17 @@ impl Engine for FjallEngine {
         batch.commit().map_err(engine_err)
     }
 
-    fn scan(&self, space: Space, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<KeyValue>, StorageError> {
-        let range: (Bound<&[u8]>, Bound<&[u8]>) = (Bound::Included(start), end.map_or(Bound::Unbounded, Bound::Excluded));
+    fn scan(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StorageError> {
+        let range: (Bound<&[u8]>, Bound<&[u8]>) = (
+            Bound::Included(start),
+            end.map_or(Bound::Unbounded, Bound::Excluded),
+        );
         let mut out = Vec::new();
         for guard in self.ks(space).range::<&[u8], _>(range) {
             if out.len() >= limit {
@@ -123,7 +146,9 @@ impl Engine for FjallEngine {
     }
 
     fn sync(&self) -> Result<(), StorageError> {
-        self.db.persist(fjall::PersistMode::SyncAll).map_err(engine_err)
+        self.db
+            .persist(fjall::PersistMode::SyncAll)
+            .map_err(engine_err)
     }
 
     fn blocking(&self) -> bool {
@@ -176,9 +201,18 @@ impl Engine for MemoryEngine {
         Ok(())
     }
 
-    fn scan(&self, space: Space, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<Vec<KeyValue>, StorageError> {
+    fn scan(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StorageError> {
         let spaces = self.spaces.lock();
-        let range: (Bound<&[u8]>, Bound<&[u8]>) = (Bound::Included(start), end.map_or(Bound::Unbounded, Bound::Excluded));
+        let range: (Bound<&[u8]>, Bound<&[u8]>) = (
+            Bound::Included(start),
+            end.map_or(Bound::Unbounded, Bound::Excluded),
+        );
         Ok(spaces[space as usize]
             .range::<[u8], _>(range)
             .take(limit)
@@ -196,6 +230,10 @@ impl Engine for MemoryEngine {
 
     fn size_bytes(&self) -> u64 {
         let spaces = self.spaces.lock();
-        spaces.iter().flat_map(|m| m.iter()).map(|(k, v)| (k.len() + v.len()) as u64).sum()
+        spaces
+            .iter()
+            .flat_map(|m| m.iter())
+            .map(|(k, v)| (k.len() + v.len()) as u64)
+            .sum()
     }
 }

@@ -24,7 +24,7 @@ use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::antientropy::tree::{MerkleForest, MerkleTree};
-use crate::clock::{ActorId, ConflictMode, Object, VersionVector, WriteRequest};
+use crate::clock::{ActorId, ConflictMode, Dot, Object, VersionVector, WriteRequest};
 use crate::ring::{MemberId, PartitionId, key_hash};
 pub use engine::{BatchOp, Engine, FjallEngine, MemoryEngine, Space};
 
@@ -46,7 +46,9 @@ pub enum StorageError {
     Corrupt { key: String, reason: String },
     #[error("the store is shut down")]
     Closed,
-    #[error("key has {count} siblings, more than the limit of {max}; resolve them by writing with the merged context")]
+    #[error(
+        "key has {count} siblings, more than the limit of {max}; resolve them by writing with the merged context"
+    )]
     TooManySiblings { count: usize, max: usize },
     #[error("the partition count is not known yet (the member has no ring)")]
     NotReady,
@@ -70,7 +72,9 @@ impl std::str::FromStr for Durability {
         match s {
             "fsync" => Ok(Durability::Fsync),
             "periodic" => Ok(Durability::Periodic),
-            other => Err(format!("unknown durability {other:?} (expected fsync or periodic)")),
+            other => Err(format!(
+                "unknown durability {other:?} (expected fsync or periodic)"
+            )),
         }
     }
 }
@@ -83,7 +87,10 @@ pub struct StoreConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { durability: Durability::Fsync, sync_interval: Duration::from_secs(1) }
+        StoreConfig {
+            durability: Durability::Fsync,
+            sync_interval: Duration::from_secs(1),
+        }
     }
 }
 
@@ -116,22 +123,51 @@ pub struct Hint {
 }
 
 enum Op {
-    Coordinate { partition: PartitionId, key: Bytes, write: CoordinatedWrite },
+    Coordinate {
+        partition: PartitionId,
+        key: Bytes,
+        write: CoordinatedWrite,
+    },
     /// A write coordinated by a member that holds no replica of the key: the new version
     /// is minted (its dot durably unique) but not stored here.
-    Mint { write: CoordinatedWrite },
-    Merge { partition: PartitionId, key: Bytes, incoming: Object, mode: ConflictMode },
-    Reap { partition: PartitionId, key: Bytes, expected_digest: u64 },
-    RemoveKeys { partition: PartitionId, keys: Vec<Bytes> },
-    HintMerge { hint: Hint, mode: ConflictMode },
-    HintRemove { target: MemberId, partition: PartitionId, key: Bytes, expected_digest: u64 },
-    Meta { key: Vec<u8>, value: Option<Vec<u8>> },
+    Mint {
+        write: CoordinatedWrite,
+    },
+    Merge {
+        partition: PartitionId,
+        key: Bytes,
+        incoming: Object,
+        mode: ConflictMode,
+    },
+    Reap {
+        partition: PartitionId,
+        key: Bytes,
+        expected_digest: u64,
+    },
+    RemoveKeys {
+        partition: PartitionId,
+        keys: Vec<Bytes>,
+    },
+    HintMerge {
+        hint: Hint,
+        mode: ConflictMode,
+    },
+    HintRemove {
+        target: MemberId,
+        partition: PartitionId,
+        key: Bytes,
+        expected_digest: u64,
+    },
+    Meta {
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+    },
     /// Commit what is queued, save the Merkle trees, mark the shutdown clean and stop.
     Close,
 }
 
 enum OpResult {
-    Object(Object),
+    Written(Object, Dot),
     Merged(MergeOutcome),
     Done(bool),
 }
@@ -154,6 +190,8 @@ struct Writer {
 struct Shared {
     merkle: Mutex<Option<MerkleForest>>,
     hint_counts: Mutex<BTreeMap<MemberId, u64>>,
+    /// How many times each partition was dropped in this process (see `tenure`).
+    tenure: Mutex<BTreeMap<PartitionId, u32>>,
 }
 
 /// Handle to the store; cheap to clone.
@@ -174,7 +212,10 @@ pub fn data_key(partition: PartitionId, key: &[u8]) -> Vec<u8> {
 
 fn partition_range(partition: PartitionId) -> (Vec<u8>, Option<Vec<u8>>) {
     let start = (partition as u16).to_be_bytes().to_vec();
-    let end = partition.checked_add(1).filter(|&p| p <= u32::from(u16::MAX)).map(|p| (p as u16).to_be_bytes().to_vec());
+    let end = partition
+        .checked_add(1)
+        .filter(|&p| p <= u32::from(u16::MAX))
+        .map(|p| (p as u16).to_be_bytes().to_vec());
     (start, end)
 }
 
@@ -221,7 +262,8 @@ pub fn decode_record(bytes: &[u8]) -> Result<Object, String> {
     if version != RECORD_FORMAT_VERSION {
         return Err(format!("unknown record format {version}"));
     }
-    let (obj, rest): (Object, &[u8]) = postcard::take_from_bytes(body).map_err(|e| e.to_string())?;
+    let (obj, rest): (Object, &[u8]) =
+        postcard::take_from_bytes(body).map_err(|e| e.to_string())?;
     if !rest.is_empty() {
         return Err("trailing bytes".into());
     }
@@ -230,7 +272,10 @@ pub fn decode_record(bytes: &[u8]) -> Result<Object, String> {
 }
 
 fn corrupt(key: &[u8], reason: String) -> StorageError {
-    StorageError::Corrupt { key: String::from_utf8_lossy(key).into_owned(), reason }
+    StorageError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason,
+    }
 }
 
 fn load(engine: &dyn Engine, space: Space, key: &[u8]) -> Result<Option<Object>, StorageError> {
@@ -244,7 +289,11 @@ impl Store {
     /// Opens the store over `engine` and starts its writer task (on the current runtime).
     pub fn open(engine: Arc<dyn Engine>, config: StoreConfig) -> Result<Store, StorageError> {
         let sequence = match engine.get(Space::Meta, META_SEQUENCE)? {
-            Some(b) => u64::from_be_bytes(b.as_slice().try_into().map_err(|_| corrupt(META_SEQUENCE, "bad length".into()))?),
+            Some(b) => u64::from_be_bytes(
+                b.as_slice()
+                    .try_into()
+                    .map_err(|_| corrupt(META_SEQUENCE, "bad length".into()))?,
+            ),
             None => 0,
         };
         let mut hint_counts = BTreeMap::new();
@@ -257,22 +306,45 @@ impl Store {
             for (k, _) in &page {
                 if let Some((&len, rest)) = k.split_first() {
                     let id = rest.get(..usize::from(len)).unwrap_or(rest);
-                    *hint_counts.entry(MemberId::new(String::from_utf8_lossy(id))).or_insert(0) += 1;
+                    *hint_counts
+                        .entry(MemberId::new(String::from_utf8_lossy(id)))
+                        .or_insert(0) += 1;
                 }
             }
         }
-        let shared = Arc::new(Shared { merkle: Mutex::new(None), hint_counts: Mutex::new(hint_counts) });
+        let shared = Arc::new(Shared {
+            merkle: Mutex::new(None),
+            hint_counts: Mutex::new(hint_counts),
+            tenure: Mutex::new(BTreeMap::new()),
+        });
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
-        let writer = Writer { engine: engine.clone(), shared: shared.clone(), sequence, durability: config.durability, dirty: false };
+        let writer = Writer {
+            engine: engine.clone(),
+            shared: shared.clone(),
+            sequence,
+            durability: config.durability,
+            dirty: false,
+        };
         let handle = tokio::spawn(writer.run(rx, config.sync_interval));
-        Ok(Store { engine, tx, shared, writer: Arc::new(Mutex::new(Some(handle))) })
+        Ok(Store {
+            engine,
+            tx,
+            shared,
+            writer: Arc::new(Mutex::new(Some(handle))),
+        })
     }
 
     /// Sets the partition count once the member knows its ring, loading the Merkle trees
     /// saved at the last clean shutdown or rebuilding them by a scan after a crash.
     /// Returns whether a rebuild was needed.
     pub async fn init_partitions(&self, partitions: u32) -> Result<bool, StorageError> {
-        if self.shared.merkle.lock().as_ref().is_some_and(|f| f.partitions() == partitions) {
+        if self
+            .shared
+            .merkle
+            .lock()
+            .as_ref()
+            .is_some_and(|f| f.partitions() == partitions)
+        {
             return Ok(false);
         }
         let engine = self.engine.clone();
@@ -282,11 +354,21 @@ impl Store {
             let mut forest = MerkleForest::new(partitions);
             let mut rebuilt = false;
             if clean {
-                let saved = engine.scan(Space::Meta, META_MERKLE_PREFIX, prefix_end(META_MERKLE_PREFIX).as_deref(), usize::MAX)?;
+                let saved = engine.scan(
+                    Space::Meta,
+                    META_MERKLE_PREFIX,
+                    prefix_end(META_MERKLE_PREFIX).as_deref(),
+                    usize::MAX,
+                )?;
                 for (k, v) in saved {
-                    let p = k.get(META_MERKLE_PREFIX.len()..).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes);
+                    let p = k
+                        .get(META_MERKLE_PREFIX.len()..)
+                        .and_then(|b| b.try_into().ok())
+                        .map(u32::from_be_bytes);
                     match (p, postcard::from_bytes::<MerkleTree>(&v)) {
-                        (Some(p), Ok(tree)) if p < partitions && tree.is_consistent() => forest.set(p, tree),
+                        (Some(p), Ok(tree)) if p < partitions && tree.is_consistent() => {
+                            forest.set(p, tree)
+                        }
                         _ => rebuilt = true,
                     }
                 }
@@ -297,12 +379,21 @@ impl Store {
                 forest = rebuild_forest(engine.as_ref(), partitions)?;
             }
             // From now on the saved trees are stale until the next clean shutdown.
-            engine.write(&[BatchOp { space: Space::Meta, key: META_CLEAN.to_vec(), value: None }], true)?;
+            engine.write(
+                &[BatchOp {
+                    space: Space::Meta,
+                    key: META_CLEAN.to_vec(),
+                    value: None,
+                }],
+                true,
+            )?;
             *shared.merkle.lock() = Some(forest);
             Ok(rebuilt)
         };
         if self.engine.blocking() {
-            tokio::task::spawn_blocking(work).await.map_err(|e| StorageError::Engine(e.to_string()))?
+            tokio::task::spawn_blocking(work)
+                .await
+                .map_err(|e| StorageError::Engine(e.to_string()))?
         } else {
             work()
         }
@@ -310,7 +401,10 @@ impl Store {
 
     async fn submit(&self, op: Op) -> Result<OpResult, StorageError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Pending { op, reply }).await.map_err(|_| StorageError::Closed)?;
+        self.tx
+            .send(Pending { op, reply })
+            .await
+            .map_err(|_| StorageError::Closed)?;
         rx.await.map_err(|_| StorageError::Closed)?
     }
 
@@ -319,46 +413,113 @@ impl Store {
         load(self.engine.as_ref(), Space::Data, &data_key(partition, key))
     }
 
-    /// Applies a write coordinated here; answers once it is durable.
-    pub async fn coordinate(&self, partition: PartitionId, key: Bytes, write: CoordinatedWrite) -> Result<Object, StorageError> {
-        match self.submit(Op::Coordinate { partition, key, write }).await? {
-            OpResult::Object(o) => Ok(o),
+    /// Applies a write coordinated here; answers once it is durable, with the new record
+    /// and the write's dot.
+    pub async fn coordinate(
+        &self,
+        partition: PartitionId,
+        key: Bytes,
+        write: CoordinatedWrite,
+    ) -> Result<(Object, Dot), StorageError> {
+        match self
+            .submit(Op::Coordinate {
+                partition,
+                key,
+                write,
+            })
+            .await?
+        {
+            OpResult::Written(o, d) => Ok((o, d)),
             _ => Err(StorageError::Engine("unexpected writer reply".into())),
         }
     }
 
     /// Mints the version a write creates without storing it (for a coordinator that is not
     /// a replica of the key).
-    pub async fn mint(&self, write: CoordinatedWrite) -> Result<Object, StorageError> {
+    pub async fn mint(&self, write: CoordinatedWrite) -> Result<(Object, Dot), StorageError> {
         match self.submit(Op::Mint { write }).await? {
-            OpResult::Object(o) => Ok(o),
+            OpResult::Written(o, d) => Ok((o, d)),
             _ => Err(StorageError::Engine("unexpected writer reply".into())),
         }
     }
 
     /// Merges a replica's version of a key into the local record.
-    pub async fn merge(&self, partition: PartitionId, key: Bytes, incoming: Object, mode: ConflictMode) -> Result<MergeOutcome, StorageError> {
-        match self.submit(Op::Merge { partition, key, incoming, mode }).await? {
+    pub async fn merge(
+        &self,
+        partition: PartitionId,
+        key: Bytes,
+        incoming: Object,
+        mode: ConflictMode,
+    ) -> Result<MergeOutcome, StorageError> {
+        match self
+            .submit(Op::Merge {
+                partition,
+                key,
+                incoming,
+                mode,
+            })
+            .await?
+        {
             OpResult::Merged(m) => Ok(m),
             _ => Err(StorageError::Engine("unexpected writer reply".into())),
         }
     }
 
     /// Removes a tombstone if the record is still exactly the one with `expected_digest`.
-    pub async fn reap(&self, partition: PartitionId, key: Bytes, expected_digest: u64) -> Result<bool, StorageError> {
-        match self.submit(Op::Reap { partition, key, expected_digest }).await? {
+    pub async fn reap(
+        &self,
+        partition: PartitionId,
+        key: Bytes,
+        expected_digest: u64,
+    ) -> Result<bool, StorageError> {
+        match self
+            .submit(Op::Reap {
+                partition,
+                key,
+                expected_digest,
+            })
+            .await?
+        {
             OpResult::Done(d) => Ok(d),
             _ => Err(StorageError::Engine("unexpected writer reply".into())),
         }
     }
 
-    /// Removes keys of a partition this member no longer replicates.
-    pub async fn remove_keys(&self, partition: PartitionId, keys: Vec<Bytes>) -> Result<(), StorageError> {
-        self.submit(Op::RemoveKeys { partition, keys }).await.map(|_| ())
+    /// How many times this process dropped partition `p`: writers derive their clock
+    /// actor from it, so data held before a drop and after a later re-acquisition never
+    /// share an actor.
+    pub fn tenure(&self, p: PartitionId) -> u32 {
+        self.shared.tenure.lock().get(&p).copied().unwrap_or(0)
+    }
+
+    /// Removes keys of a partition this member no longer replicates (a handoff's end).
+    pub async fn drop_keys(
+        &self,
+        partition: PartitionId,
+        keys: Vec<Bytes>,
+    ) -> Result<(), StorageError> {
+        *self.shared.tenure.lock().entry(partition).or_insert(0) += 1;
+        self.remove_keys(partition, keys).await
+    }
+
+    /// Removes keys of a partition.
+    pub async fn remove_keys(
+        &self,
+        partition: PartitionId,
+        keys: Vec<Bytes>,
+    ) -> Result<(), StorageError> {
+        self.submit(Op::RemoveKeys { partition, keys })
+            .await
+            .map(|_| ())
     }
 
     /// Up to `limit` records of a partition with keys after `after` (exclusive).
-    pub fn scan_partition(&self, partition: PartitionId, after: Option<&[u8]>, limit: usize) -> Result<Vec<(Bytes, Object)>, StorageError> {
+    pub fn scan_partition(
+        &self,
+        partition: PartitionId,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Bytes, Object)>, StorageError> {
         let (start, end) = partition_range(partition);
         let start = match after {
             Some(k) => {
@@ -384,8 +545,22 @@ impl Store {
     }
 
     /// Removes a delivered hint unless it changed since it was read.
-    pub async fn remove_hint(&self, target: &MemberId, partition: PartitionId, key: Bytes, expected_digest: u64) -> Result<bool, StorageError> {
-        match self.submit(Op::HintRemove { target: target.clone(), partition, key, expected_digest }).await? {
+    pub async fn remove_hint(
+        &self,
+        target: &MemberId,
+        partition: PartitionId,
+        key: Bytes,
+        expected_digest: u64,
+    ) -> Result<bool, StorageError> {
+        match self
+            .submit(Op::HintRemove {
+                target: target.clone(),
+                partition,
+                key,
+                expected_digest,
+            })
+            .await?
+        {
             OpResult::Done(d) => Ok(d),
             _ => Err(StorageError::Engine("unexpected writer reply".into())),
         }
@@ -400,17 +575,33 @@ impl Store {
             .into_iter()
             .map(|(k, v)| {
                 let rest = k.get(prefix.len()..).unwrap_or_default();
-                let partition = rest.get(..2).map_or(0, |b| u32::from(u16::from_be_bytes([b[0], b[1]])));
+                let partition = rest
+                    .get(..2)
+                    .map_or(0, |b| u32::from(u16::from_be_bytes([b[0], b[1]])));
                 let key = Bytes::copy_from_slice(rest.get(2..).unwrap_or_default());
                 let object = decode_record(&v).map_err(|r| corrupt(&k, r))?;
-                Ok(Hint { target: target.clone(), partition, key, object })
+                Ok(Hint {
+                    target: target.clone(),
+                    partition,
+                    key,
+                    object,
+                })
             })
             .collect()
     }
 
     /// A hinted copy of one key held for `target`, if any.
-    pub fn hint(&self, target: &MemberId, partition: PartitionId, key: &[u8]) -> Result<Option<Object>, StorageError> {
-        load(self.engine.as_ref(), Space::Hints, &hint_key(target, partition, key))
+    pub fn hint(
+        &self,
+        target: &MemberId,
+        partition: PartitionId,
+        key: &[u8],
+    ) -> Result<Option<Object>, StorageError> {
+        load(
+            self.engine.as_ref(),
+            Space::Hints,
+            &hint_key(target, partition, key),
+        )
     }
 
     /// Number of hints held, per target.
@@ -424,14 +615,20 @@ impl Store {
 
     /// Keys whose record holds only tombstones, with the tombstones' newest timestamp, in
     /// key order after `after` (exclusive), up to `limit`.
-    pub fn tombstones(&self, after: Option<(PartitionId, &[u8])>, limit: usize) -> Result<Vec<(PartitionId, Bytes, u64)>, StorageError> {
+    pub fn tombstones(
+        &self,
+        after: Option<(PartitionId, &[u8])>,
+        limit: usize,
+    ) -> Result<Vec<(PartitionId, Bytes, u64)>, StorageError> {
         let mut start = META_TOMBSTONE_PREFIX.to_vec();
         if let Some((p, key)) = after {
             start.extend_from_slice(&data_key(p, key));
             start.push(0);
         }
         let end = prefix_end(META_TOMBSTONE_PREFIX);
-        let entries = self.engine.scan(Space::Meta, &start, end.as_deref(), limit)?;
+        let entries = self
+            .engine
+            .scan(Space::Meta, &start, end.as_deref(), limit)?;
         Ok(entries
             .into_iter()
             .filter_map(|(k, v)| {
@@ -445,28 +642,59 @@ impl Store {
 
     /// Metadata keys starting with `prefix`.
     pub fn meta_keys(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, StorageError> {
-        Ok(self.engine.scan(Space::Meta, prefix, prefix_end(prefix).as_deref(), usize::MAX)?.into_iter().map(|(k, _)| k).collect())
+        Ok(self
+            .engine
+            .scan(
+                Space::Meta,
+                prefix,
+                prefix_end(prefix).as_deref(),
+                usize::MAX,
+            )?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect())
     }
 
     /// Writes (or with `None` removes) a metadata entry durably.
     pub async fn meta_put(&self, key: &[u8], value: Option<Vec<u8>>) -> Result<(), StorageError> {
-        self.submit(Op::Meta { key: key.to_vec(), value }).await.map(|_| ())
+        self.submit(Op::Meta {
+            key: key.to_vec(),
+            value,
+        })
+        .await
+        .map(|_| ())
     }
 
     /// The Merkle root of a partition (0 when empty or unknown).
     pub fn merkle_root(&self, partition: PartitionId) -> u64 {
-        self.shared.merkle.lock().as_ref().map_or(0, |f| f.root(partition))
+        self.shared
+            .merkle
+            .lock()
+            .as_ref()
+            .map_or(0, |f| f.root(partition))
     }
 
     /// Runs `f` on the Merkle tree of a partition.
-    pub fn with_tree<T>(&self, partition: PartitionId, f: impl FnOnce(Option<&MerkleTree>) -> T) -> T {
+    pub fn with_tree<T>(
+        &self,
+        partition: PartitionId,
+        f: impl FnOnce(Option<&MerkleTree>) -> T,
+    ) -> T {
         let guard = self.shared.merkle.lock();
         f(guard.as_ref().and_then(|forest| forest.tree(partition)))
     }
 
     /// Partitions holding at least one key, with their roots and key counts.
     pub fn populated_partitions(&self) -> Vec<(PartitionId, u64, u64)> {
-        self.shared.merkle.lock().as_ref().map_or_else(Vec::new, |f| f.populated().map(|(p, t)| (p, t.root(), t.keys())).collect())
+        self.shared
+            .merkle
+            .lock()
+            .as_ref()
+            .map_or_else(Vec::new, |f| {
+                f.populated()
+                    .map(|(p, t)| (p, t.root(), t.keys()))
+                    .collect()
+            })
     }
 
     pub fn size_bytes(&self) -> u64 {
@@ -495,7 +723,9 @@ fn rebuild_forest(engine: &dyn Engine, partitions: u32) -> Result<MerkleForest, 
         start = last.clone();
         start.push(0);
         for (k, v) in &page {
-            let (Some(p), Some(user_key)) = (k.get(..2), k.get(2..)) else { continue };
+            let (Some(p), Some(user_key)) = (k.get(..2), k.get(2..)) else {
+                continue;
+            };
             let p = u32::from(u16::from_be_bytes([p[0], p[1]]));
             let obj = decode_record(v).map_err(|r| corrupt(k, r))?;
             forest.apply(p, user_key, key_hash(user_key), 0, obj.digest());
@@ -534,7 +764,10 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let close = batch.iter().position(|p| matches!(p.op, Op::Close)).map(|i| batch.remove(i));
+            let close = batch
+                .iter()
+                .position(|p| matches!(p.op, Op::Close))
+                .map(|i| batch.remove(i));
             if self.engine.blocking() {
                 let handle = tokio::task::spawn_blocking(move || {
                     self.commit(batch);
@@ -571,17 +804,34 @@ impl Writer {
             for (p, tree) in forest.populated() {
                 let mut key = META_MERKLE_PREFIX.to_vec();
                 key.extend_from_slice(&p.to_be_bytes());
-                ops.push(BatchOp { space: Space::Meta, key, value: postcard::to_stdvec(tree).ok() });
+                ops.push(BatchOp {
+                    space: Space::Meta,
+                    key,
+                    value: postcard::to_stdvec(tree).ok(),
+                });
             }
         }
         // Trees of partitions that became empty must not be reloaded.
-        let saved = self.engine.scan(Space::Meta, META_MERKLE_PREFIX, prefix_end(META_MERKLE_PREFIX).as_deref(), usize::MAX)?;
+        let saved = self.engine.scan(
+            Space::Meta,
+            META_MERKLE_PREFIX,
+            prefix_end(META_MERKLE_PREFIX).as_deref(),
+            usize::MAX,
+        )?;
         for (k, _) in saved {
             if !ops.iter().any(|o| o.key == k) {
-                ops.push(BatchOp { space: Space::Meta, key: k, value: None });
+                ops.push(BatchOp {
+                    space: Space::Meta,
+                    key: k,
+                    value: None,
+                });
             }
         }
-        ops.push(BatchOp { space: Space::Meta, key: META_CLEAN.to_vec(), value: Some(b"1".to_vec()) });
+        ops.push(BatchOp {
+            space: Space::Meta,
+            key: META_CLEAN.to_vec(),
+            value: Some(b"1".to_vec()),
+        });
         self.engine.write(&ops, true)?;
         self.dirty = false;
         Ok(())
@@ -590,7 +840,9 @@ impl Writer {
     async fn sync_in_background(mut self) -> Writer {
         let result = if self.engine.blocking() {
             let engine = self.engine.clone();
-            tokio::task::spawn_blocking(move || engine.sync()).await.unwrap_or(Err(StorageError::Closed))
+            tokio::task::spawn_blocking(move || engine.sync())
+                .await
+                .unwrap_or(Err(StorageError::Closed))
         } else {
             self.engine.sync()
         };
@@ -601,7 +853,12 @@ impl Writer {
         self
     }
 
-    fn read(&self, state: &BatchState, space: Space, key: &[u8]) -> Result<Option<Object>, StorageError> {
+    fn read(
+        &self,
+        state: &BatchState,
+        space: Space,
+        key: &[u8],
+    ) -> Result<Option<Object>, StorageError> {
         match state.overlay.get(&(space, key.to_vec())) {
             Some(v) => Ok(v.clone()),
             None => load(self.engine.as_ref(), space, key),
@@ -610,21 +867,42 @@ impl Writer {
 
     /// Stages a new record; `was_deleted` tells whether the record it replaces was a
     /// tombstone, to keep the tombstone index (what the reaper scans) in step.
-    fn stage(state: &mut BatchState, space: Space, key: Vec<u8>, value: Option<Object>, was_deleted: bool) {
+    fn stage(
+        state: &mut BatchState,
+        space: Space,
+        key: Vec<u8>,
+        value: Option<Object>,
+        was_deleted: bool,
+    ) {
         let is_deleted = value.as_ref().is_some_and(Object::is_deleted);
         if space == Space::Data && (is_deleted || was_deleted) {
             let mut index_key = META_TOMBSTONE_PREFIX.to_vec();
             index_key.extend_from_slice(&key);
-            let index_value = value.as_ref().filter(|o| o.is_deleted()).map(|o| o.latest_timestamp_ms().to_be_bytes().to_vec());
-            state.ops.push(BatchOp { space: Space::Meta, key: index_key, value: index_value });
+            let index_value = value
+                .as_ref()
+                .filter(|o| o.is_deleted())
+                .map(|o| o.latest_timestamp_ms().to_be_bytes().to_vec());
+            state.ops.push(BatchOp {
+                space: Space::Meta,
+                key: index_key,
+                value: index_value,
+            });
         }
-        state.ops.push(BatchOp { space, key: key.clone(), value: value.as_ref().map(encode_record) });
+        state.ops.push(BatchOp {
+            space,
+            key: key.clone(),
+            value: value.as_ref().map(encode_record),
+        });
         state.overlay.insert((space, key), value);
     }
 
     fn apply(&mut self, state: &mut BatchState, op: Op) -> Result<OpResult, StorageError> {
         match op {
-            Op::Coordinate { partition, key, write } => {
+            Op::Coordinate {
+                partition,
+                key,
+                write,
+            } => {
                 let dk = data_key(partition, &key);
                 let current = self.read(state, Space::Data, &dk)?.unwrap_or_default();
                 let (next, dot) = current.write(WriteRequest {
@@ -636,12 +914,26 @@ impl Writer {
                     mode: write.mode,
                 });
                 if next.siblings.len() > write.max_siblings {
-                    return Err(StorageError::TooManySiblings { count: next.siblings.len(), max: write.max_siblings });
+                    return Err(StorageError::TooManySiblings {
+                        count: next.siblings.len(),
+                        max: write.max_siblings,
+                    });
                 }
                 self.sequence = self.sequence.max(dot.counter);
-                state.merkle.push((partition, key, digest_or_zero(&current), digest_or_zero(&next)));
-                Self::stage(state, Space::Data, dk, Some(next.clone()), current.is_deleted());
-                Ok(OpResult::Object(next))
+                state.merkle.push((
+                    partition,
+                    key,
+                    digest_or_zero(&current),
+                    digest_or_zero(&next),
+                ));
+                Self::stage(
+                    state,
+                    Space::Data,
+                    dk,
+                    Some(next.clone()),
+                    current.is_deleted(),
+                );
+                Ok(OpResult::Written(next, dot))
             }
             Op::Mint { write } => {
                 let (next, dot) = Object::default().write(WriteRequest {
@@ -654,21 +946,45 @@ impl Writer {
                 });
                 // Only the advanced sequence is written (by `commit`).
                 self.sequence = self.sequence.max(dot.counter);
-                Ok(OpResult::Object(next))
+                Ok(OpResult::Written(next, dot))
             }
-            Op::Merge { partition, key, incoming, mode } => {
+            Op::Merge {
+                partition,
+                key,
+                incoming,
+                mode,
+            } => {
                 let dk = data_key(partition, &key);
                 let current = self.read(state, Space::Data, &dk)?;
                 let base = current.clone().unwrap_or_default();
                 let merged = base.merge(&incoming, mode);
-                let changed = current.as_ref() != Some(&merged) && !(current.is_none() && merged == Object::default());
+                let changed = current.as_ref() != Some(&merged)
+                    && !(current.is_none() && merged == Object::default());
                 if changed {
-                    state.merkle.push((partition, key, digest_or_zero(&base), digest_or_zero(&merged)));
-                    Self::stage(state, Space::Data, dk, Some(merged.clone()), base.is_deleted());
+                    state.merkle.push((
+                        partition,
+                        key,
+                        digest_or_zero(&base),
+                        digest_or_zero(&merged),
+                    ));
+                    Self::stage(
+                        state,
+                        Space::Data,
+                        dk,
+                        Some(merged.clone()),
+                        base.is_deleted(),
+                    );
                 }
-                Ok(OpResult::Merged(MergeOutcome { object: merged, changed }))
+                Ok(OpResult::Merged(MergeOutcome {
+                    object: merged,
+                    changed,
+                }))
             }
-            Op::Reap { partition, key, expected_digest } => {
+            Op::Reap {
+                partition,
+                key,
+                expected_digest,
+            } => {
                 let dk = data_key(partition, &key);
                 match self.read(state, Space::Data, &dk)? {
                     Some(cur) if cur.is_deleted() && cur.digest() == expected_digest => {
@@ -699,7 +1015,12 @@ impl Writer {
                 Self::stage(state, Space::Hints, hk, Some(merged), false);
                 Ok(OpResult::Done(true))
             }
-            Op::HintRemove { target, partition, key, expected_digest } => {
+            Op::HintRemove {
+                target,
+                partition,
+                key,
+                expected_digest,
+            } => {
                 let hk = hint_key(&target, partition, &key);
                 match self.read(state, Space::Hints, &hk)? {
                     Some(cur) if cur.digest() == expected_digest => {
@@ -711,7 +1032,11 @@ impl Writer {
                 }
             }
             Op::Meta { key, value } => {
-                state.ops.push(BatchOp { space: Space::Meta, key, value });
+                state.ops.push(BatchOp {
+                    space: Space::Meta,
+                    key,
+                    value,
+                });
                 Ok(OpResult::Done(true))
             }
             Op::Close => Ok(OpResult::Done(true)),
@@ -719,7 +1044,12 @@ impl Writer {
     }
 
     fn commit(&mut self, batch: Vec<Pending>) {
-        let mut state = BatchState { ops: Vec::new(), overlay: BTreeMap::new(), merkle: Vec::new(), hint_deltas: BTreeMap::new() };
+        let mut state = BatchState {
+            ops: Vec::new(),
+            overlay: BTreeMap::new(),
+            merkle: Vec::new(),
+            hint_deltas: BTreeMap::new(),
+        };
         let sequence_before = self.sequence;
         let mut results = Vec::with_capacity(batch.len());
         for p in batch {
@@ -733,7 +1063,11 @@ impl Writer {
             return;
         }
         if self.sequence != sequence_before {
-            state.ops.push(BatchOp { space: Space::Meta, key: META_SEQUENCE.to_vec(), value: Some(self.sequence.to_be_bytes().to_vec()) });
+            state.ops.push(BatchOp {
+                space: Space::Meta,
+                key: META_SEQUENCE.to_vec(),
+                value: Some(self.sequence.to_be_bytes().to_vec()),
+            });
         }
         let sync = self.durability == Durability::Fsync;
         match self.engine.write(&state.ops, sync) {
@@ -770,7 +1104,11 @@ impl Writer {
 }
 
 fn digest_or_zero(obj: &Object) -> u64 {
-    if obj.siblings.is_empty() && obj.context.is_empty() { 0 } else { obj.digest() }
+    if obj.siblings.is_empty() && obj.context.is_empty() {
+        0
+    } else {
+        obj.digest()
+    }
 }
 
 #[cfg(test)]

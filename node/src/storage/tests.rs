@@ -23,7 +23,11 @@ async fn coordinate_get_and_merge() {
     let engine = MemoryEngine::new();
     let store = open_memory(&engine).await;
     let k = Bytes::from_static(b"k");
-    let o1 = store.coordinate(3, k.clone(), write(Some("a"), VersionVector::new())).await.unwrap();
+    let o1 = store
+        .coordinate(3, k.clone(), write(Some("a"), VersionVector::new()))
+        .await
+        .unwrap()
+        .0;
     assert_eq!(store.get(3, b"k").unwrap(), Some(o1.clone()));
     // Another replica's concurrent write merges in as a sibling.
     let (other, _) = Object::default().write(WriteRequest {
@@ -34,11 +38,17 @@ async fn coordinate_get_and_merge() {
         timestamp_ms: 2,
         mode: ConflictMode::Siblings,
     });
-    let m = store.merge(3, k.clone(), other.clone(), ConflictMode::Siblings).await.unwrap();
+    let m = store
+        .merge(3, k.clone(), other.clone(), ConflictMode::Siblings)
+        .await
+        .unwrap();
     assert!(m.changed);
     assert_eq!(m.object.siblings.len(), 2);
     // Merging the same thing again changes nothing.
-    let again = store.merge(3, k, other, ConflictMode::Siblings).await.unwrap();
+    let again = store
+        .merge(3, k, other, ConflictMode::Siblings)
+        .await
+        .unwrap();
     assert!(!again.changed);
 }
 
@@ -48,17 +58,27 @@ async fn sibling_limit_refuses_and_writes_nothing() {
     let store = open_memory(&engine).await;
     let k = Bytes::from_static(b"k");
     for _ in 0..3 {
-        store.coordinate(1, k.clone(), write(Some("x"), VersionVector::new())).await.unwrap();
+        store
+            .coordinate(1, k.clone(), write(Some("x"), VersionVector::new()))
+            .await
+            .unwrap();
     }
     let before = store.get(1, b"k").unwrap();
     let root_before = store.merkle_root(1);
-    let err = store.coordinate(1, k.clone(), write(Some("x"), VersionVector::new())).await.unwrap_err();
+    let err = store
+        .coordinate(1, k.clone(), write(Some("x"), VersionVector::new()))
+        .await
+        .unwrap_err();
     assert_eq!(err, StorageError::TooManySiblings { count: 4, max: 3 });
     assert_eq!(store.get(1, b"k").unwrap(), before);
     assert_eq!(store.merkle_root(1), root_before);
     // Writing with the merged context resolves them.
     let ctx = before.unwrap().context;
-    let resolved = store.coordinate(1, k, write(Some("y"), ctx)).await.unwrap();
+    let resolved = store
+        .coordinate(1, k, write(Some("y"), ctx))
+        .await
+        .unwrap()
+        .0;
     assert_eq!(resolved.siblings.len(), 1);
 }
 
@@ -67,20 +87,49 @@ async fn dots_keep_growing_after_reap() {
     let engine = MemoryEngine::new();
     let store = open_memory(&engine).await;
     let k = Bytes::from_static(b"k");
-    let o = store.coordinate(2, k.clone(), write(Some("v"), VersionVector::new())).await.unwrap();
-    let t = store.coordinate(2, k.clone(), write(None, o.context.clone())).await.unwrap();
+    let o = store
+        .coordinate(2, k.clone(), write(Some("v"), VersionVector::new()))
+        .await
+        .unwrap()
+        .0;
+    let t = store
+        .coordinate(2, k.clone(), write(None, o.context.clone()))
+        .await
+        .unwrap()
+        .0;
     assert!(t.is_deleted());
-    assert!(!store.reap(2, k.clone(), t.digest() ^ 1).await.unwrap(), "reap must check the version");
+    assert!(
+        !store.reap(2, k.clone(), t.digest() ^ 1).await.unwrap(),
+        "reap must check the version"
+    );
     assert!(store.reap(2, k.clone(), t.digest()).await.unwrap());
     assert_eq!(store.get(2, b"k").unwrap(), None);
     assert_eq!(store.merkle_root(2), 0);
-    let again = store.coordinate(2, k, write(Some("w"), VersionVector::new())).await.unwrap();
+    let again = store
+        .coordinate(2, k, write(Some("w"), VersionVector::new()))
+        .await
+        .unwrap()
+        .0;
     let max_old = t.siblings.iter().map(|s| s.dot.counter).max().unwrap();
-    assert!(again.siblings[0].dot > Dot { actor: ActorId(7), counter: max_old });
+    assert!(
+        again.siblings[0].dot
+            > Dot {
+                actor: ActorId(7),
+                counter: max_old
+            }
+    );
     // The sequence survives a restart.
     drop(store);
     let reopened = open_memory(&engine).await;
-    let next = reopened.coordinate(5, Bytes::from_static(b"z"), write(Some("z"), VersionVector::new())).await.unwrap();
+    let next = reopened
+        .coordinate(
+            5,
+            Bytes::from_static(b"z"),
+            write(Some("z"), VersionVector::new()),
+        )
+        .await
+        .unwrap()
+        .0;
     assert!(next.siblings[0].dot.counter > again.siblings[0].dot.counter);
 }
 
@@ -98,7 +147,12 @@ async fn hints_are_stored_merged_counted_and_removed() {
         mode: ConflictMode::Siblings,
     });
     for key in [&b"a"[..], b"b", b"a"] {
-        let hint = Hint { target: target.clone(), partition: 4, key: Bytes::copy_from_slice(key), object: obj.clone() };
+        let hint = Hint {
+            target: target.clone(),
+            partition: 4,
+            key: Bytes::copy_from_slice(key),
+            object: obj.clone(),
+        };
         store.put_hint(hint, ConflictMode::Siblings).await.unwrap();
     }
     assert_eq!(store.hint_counts().get(&target), Some(&2));
@@ -106,13 +160,32 @@ async fn hints_are_stored_merged_counted_and_removed() {
     assert_eq!(hints.len(), 2);
     assert_eq!(hints[0].key, Bytes::from_static(b"a"));
     assert_eq!(hints[0].partition, 4);
-    assert!(store.hints_for(&MemberId::new("m"), 10).unwrap().is_empty(), "prefix of another id");
+    assert!(
+        store.hints_for(&MemberId::new("m"), 10).unwrap().is_empty(),
+        "prefix of another id"
+    );
     for h in hints {
-        assert!(store.remove_hint(&target, h.partition, h.key, h.object.digest()).await.unwrap());
+        assert!(
+            store
+                .remove_hint(&target, h.partition, h.key, h.object.digest())
+                .await
+                .unwrap()
+        );
     }
     assert!(store.hint_counts().is_empty());
     // Counts are rebuilt on open.
-    store.put_hint(Hint { target: target.clone(), partition: 1, key: Bytes::from_static(b"c"), object: obj }, ConflictMode::Siblings).await.unwrap();
+    store
+        .put_hint(
+            Hint {
+                target: target.clone(),
+                partition: 1,
+                key: Bytes::from_static(b"c"),
+                object: obj,
+            },
+            ConflictMode::Siblings,
+        )
+        .await
+        .unwrap();
     drop(store);
     let reopened = open_memory(&engine).await;
     assert_eq!(reopened.hint_counts().get(&target), Some(&1));
@@ -124,7 +197,14 @@ async fn scan_partition_pages_within_one_partition() {
     let store = open_memory(&engine).await;
     for p in [4u32, 5, 6] {
         for i in 0..10 {
-            store.coordinate(p, Bytes::from(format!("k{i:02}")), write(Some("v"), VersionVector::new())).await.unwrap();
+            store
+                .coordinate(
+                    p,
+                    Bytes::from(format!("k{i:02}")),
+                    write(Some("v"), VersionVector::new()),
+                )
+                .await
+                .unwrap();
         }
     }
     let first = store.scan_partition(5, None, 4).unwrap();
@@ -132,7 +212,17 @@ async fn scan_partition_pages_within_one_partition() {
     let rest = store.scan_partition(5, Some(&first[3].0), 100).unwrap();
     assert_eq!(rest.len(), 6);
     assert_eq!(rest[0].0, Bytes::from_static(b"k04"));
-    store.remove_keys(5, first.iter().chain(rest.iter()).map(|(k, _)| k.clone()).collect()).await.unwrap();
+    store
+        .remove_keys(
+            5,
+            first
+                .iter()
+                .chain(rest.iter())
+                .map(|(k, _)| k.clone())
+                .collect(),
+        )
+        .await
+        .unwrap();
     assert!(store.scan_partition(5, None, 100).unwrap().is_empty());
     assert_eq!(store.merkle_root(5), 0);
     assert_eq!(store.scan_partition(6, None, 100).unwrap().len(), 10);
@@ -147,18 +237,33 @@ async fn merkle_trees_survive_restart() {
     for i in 0..300 {
         let key = Bytes::from(format!("key{i}"));
         let p = crate::ring::partition_of_hash(key_hash(&key), 64);
-        store.coordinate(p, key, write(Some("v"), VersionVector::new())).await.unwrap();
+        store
+            .coordinate(p, key, write(Some("v"), VersionVector::new()))
+            .await
+            .unwrap();
     }
     let roots: Vec<u64> = (0..64).map(|p| store.merkle_root(p)).collect();
     drop(store);
     let crashed = Store::open(Arc::new(engine.clone()), StoreConfig::default()).unwrap();
-    assert!(crashed.init_partitions(64).await.unwrap(), "crash must rebuild");
-    assert_eq!((0..64).map(|p| crashed.merkle_root(p)).collect::<Vec<_>>(), roots);
+    assert!(
+        crashed.init_partitions(64).await.unwrap(),
+        "crash must rebuild"
+    );
+    assert_eq!(
+        (0..64).map(|p| crashed.merkle_root(p)).collect::<Vec<_>>(),
+        roots
+    );
     crashed.close().await.unwrap();
     drop(crashed);
     let clean = Store::open(Arc::new(engine.clone()), StoreConfig::default()).unwrap();
-    assert!(!clean.init_partitions(64).await.unwrap(), "clean shutdown must not rebuild");
-    assert_eq!((0..64).map(|p| clean.merkle_root(p)).collect::<Vec<_>>(), roots);
+    assert!(
+        !clean.init_partitions(64).await.unwrap(),
+        "clean shutdown must not rebuild"
+    );
+    assert_eq!(
+        (0..64).map(|p| clean.merkle_root(p)).collect::<Vec<_>>(),
+        roots
+    );
     // The clean marker is consumed: a crash now rebuilds again.
     drop(clean);
     let again = Store::open(Arc::new(engine), StoreConfig::default()).unwrap();
@@ -172,14 +277,24 @@ async fn fjall_engine_round_trip_and_reopen() {
         let engine = Arc::new(FjallEngine::open(dir.path(), 8 << 20).unwrap());
         let store = Store::open(engine, StoreConfig::default()).unwrap();
         store.init_partitions(64).await.unwrap();
-        store.coordinate(9, Bytes::from_static(b"x"), write(Some("1"), VersionVector::new())).await.unwrap();
+        store
+            .coordinate(
+                9,
+                Bytes::from_static(b"x"),
+                write(Some("1"), VersionVector::new()),
+            )
+            .await
+            .unwrap();
         store.close().await.unwrap();
     }
     let engine = Arc::new(FjallEngine::open(dir.path(), 8 << 20).unwrap());
     let store = Store::open(engine, StoreConfig::default()).unwrap();
     assert!(!store.init_partitions(64).await.unwrap());
     let obj = store.get(9, b"x").unwrap().unwrap();
-    assert_eq!(obj.values().next().unwrap().value.as_deref(), Some(&b"1"[..]));
+    assert_eq!(
+        obj.values().next().unwrap().value.as_deref(),
+        Some(&b"1"[..])
+    );
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //!
 //! Every member gets its own loopback address (`127.a.b.i`, unique per cluster in this
 //! process), so clusters of concurrently running tests never collide on ports.
-
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -57,7 +57,15 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { partitions: 64, n: 3, r: 2, w: 2, conflicts: "siblings", max_siblings: 100, extra: Vec::new() }
+        Options {
+            partitions: 64,
+            n: 3,
+            r: 2,
+            w: 2,
+            conflicts: "siblings",
+            max_siblings: 100,
+            extra: Vec::new(),
+        }
     }
 }
 
@@ -89,7 +97,12 @@ impl Cluster {
         let k = CLUSTERS.fetch_add(1, Ordering::Relaxed);
         let net = (20 + std::process::id() % 200, k % 250);
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut c = Cluster { dir, members: Vec::new(), opts, net };
+        let mut c = Cluster {
+            dir,
+            members: Vec::new(),
+            opts,
+            net,
+        };
         for i in 0..n {
             c.add_member(i);
         }
@@ -102,7 +115,15 @@ impl Cluster {
     fn add_member(&mut self, i: usize) {
         let ip = format!("127.{}.{}.{}", self.net.0, self.net.1, i + 1);
         let dir = self.dir.path().join(format!("m{i}"));
-        self.members.push(Member { index: i, id: format!("m{i}"), ip, dir, child: None, extra: self.opts.extra.clone(), token: TOKEN.to_string() });
+        self.members.push(Member {
+            index: i,
+            id: format!("m{i}"),
+            ip,
+            dir,
+            child: None,
+            extra: self.opts.extra.clone(),
+            token: TOKEN.to_string(),
+        });
     }
 
     /// Adds a new (not yet started) member and returns its index.
@@ -115,7 +136,11 @@ impl Cluster {
     pub fn start_member(&mut self, i: usize) {
         let seed = self.members[0].peer();
         let m = &mut self.members[i];
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(m.log()).expect("log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(m.log())
+            .expect("log file");
         let mut cmd = Command::new(binary());
         cmd.arg("node")
             .arg(format!("--id={}", m.id))
@@ -147,7 +172,11 @@ impl Cluster {
     }
 
     pub fn client(&self, i: usize) -> HttpClient {
-        HttpClient::new(&self.members[i].http(), Some(TOKEN.to_string()), Duration::from_secs(10))
+        HttpClient::new(
+            &self.members[i].http(),
+            Some(TOKEN.to_string()),
+            Duration::from_secs(10),
+        )
     }
 
     /// A client without the admin token (as applications use the client API).
@@ -156,7 +185,11 @@ impl Cluster {
     }
 
     pub fn running(&self) -> Vec<usize> {
-        self.members.iter().filter(|m| m.child.is_some()).map(|m| m.index).collect()
+        self.members
+            .iter()
+            .filter(|m| m.child.is_some())
+            .map(|m| m.index)
+            .collect()
     }
 
     pub async fn wait_healthy_all(&self) {
@@ -169,7 +202,11 @@ impl Cluster {
         let c = self.client(i);
         self.wait_for(&format!("m{i} healthy"), Duration::from_secs(60), || {
             let c = c.clone();
-            async move { c.admin_get("/healthz").await.is_ok_and(|r| r.status.is_success()) }
+            async move {
+                c.admin_get("/healthz")
+                    .await
+                    .is_ok_and(|r| r.status.is_success())
+            }
         })
         .await;
     }
@@ -207,30 +244,54 @@ impl Cluster {
     pub async fn join(&self, i: usize) {
         let body = serde_json::json!({ "member": self.members[i].id });
         let c = self.client(0);
-        self.wait_for(&format!("m{i} accepted as joining"), Duration::from_secs(30), || {
-            let (c, body) = (c.clone(), body.clone());
-            async move { c.admin_post("/v1/cluster/join", body).await.is_ok_and(|r| r.status.is_success()) }
-        })
+        self.wait_for(
+            &format!("m{i} accepted as joining"),
+            Duration::from_secs(30),
+            || {
+                let (c, body) = (c.clone(), body.clone());
+                async move {
+                    c.admin_post("/v1/cluster/join", body)
+                        .await
+                        .is_ok_and(|r| r.status.is_success())
+                }
+            },
+        )
         .await;
     }
 
     pub async fn leave(&self, via: usize, i: usize) -> Reply {
-        self.client(via).admin_post(&format!("/v1/cluster/leave/{}", self.members[i].id), serde_json::json!({})).await.expect("leave request")
+        self.client(via)
+            .admin_post(
+                &format!("/v1/cluster/leave/{}", self.members[i].id),
+                serde_json::json!({}),
+            )
+            .await
+            .expect("leave request")
     }
 
     pub async fn ring(&self, i: usize) -> Option<serde_json::Value> {
-        self.client(i).admin_get("/v1/cluster/ring").await.ok().and_then(|r| r.json())
+        self.client(i)
+            .admin_get("/v1/cluster/ring")
+            .await
+            .ok()
+            .and_then(|r| r.json())
     }
 
     pub async fn members_view(&self, i: usize) -> Option<serde_json::Value> {
-        self.client(i).admin_get("/v1/cluster/members").await.ok().and_then(|r| r.json())
+        self.client(i)
+            .admin_get("/v1/cluster/members")
+            .await
+            .ok()
+            .and_then(|r| r.json())
     }
 
     /// Every running member sees the same epoch with `n` ring members and nothing moving.
     pub async fn settled(&self, n: usize) -> bool {
         let mut epoch = None;
         for i in self.running() {
-            let Some(r) = self.ring(i).await else { return false };
+            let Some(r) = self.ring(i).await else {
+                return false;
+            };
             if r["inTransition"] != false || r["members"].as_array().map(Vec::len) != Some(n) {
                 return false;
             }
@@ -243,13 +304,20 @@ impl Cluster {
     }
 
     pub async fn wait_settled(&self, n: usize, timeout: Duration) {
-        self.wait_for(&format!("ring settled with {n} members"), timeout, || self.settled(n)).await;
+        self.wait_for(&format!("ring settled with {n} members"), timeout, || {
+            self.settled(n)
+        })
+        .await;
     }
 
     /// Whether member `observer` sees `target` as alive.
     pub async fn sees_alive(&self, observer: usize, target: usize) -> Option<bool> {
         let v = self.members_view(observer).await?;
-        v["members"].as_array()?.iter().find(|m| m["id"] == self.members[target].id.as_str()).and_then(|m| m["alive"].as_bool())
+        v["members"]
+            .as_array()?
+            .iter()
+            .find(|m| m["id"] == self.members[target].id.as_str())
+            .and_then(|m| m["alive"].as_bool())
     }
 
     pub fn kill9(&mut self, i: usize) {
@@ -262,7 +330,10 @@ impl Cluster {
     /// SIGTERM and wait (a clean stop).
     pub fn stop(&mut self, i: usize) {
         if let Some(mut child) = self.members[i].child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
             let deadline = Instant::now() + Duration::from_secs(15);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {
@@ -277,7 +348,10 @@ impl Cluster {
 
     pub fn signal(&self, i: usize, sig: &str) {
         if let Some(child) = &self.members[i].child {
-            let _ = Command::new("kill").arg(format!("-{sig}")).arg(child.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(child.id().to_string())
+                .status();
         }
     }
 
@@ -292,7 +366,9 @@ impl Cluster {
 
     /// A metric's value summed over its label sets, from member `i`'s /metrics.
     pub async fn metric(&self, i: usize, name: &str) -> f64 {
-        let Ok(reply) = self.client(i).admin_get("/metrics").await else { return f64::NAN };
+        let Ok(reply) = self.client(i).admin_get("/metrics").await else {
+            return f64::NAN;
+        };
         reply
             .text()
             .lines()
@@ -304,10 +380,16 @@ impl Cluster {
 
     /// Merkle roots per partition as member `i` reports them.
     pub async fn roots(&self, i: usize) -> BTreeMap<u32, String> {
-        let Ok(reply) = self.client(i).admin_get("/v1/cluster/antientropy").await else { return BTreeMap::new() };
-        let Some(json) = reply.json() else { return BTreeMap::new() };
+        let Ok(reply) = self.client(i).admin_get("/v1/cluster/antientropy").await else {
+            return BTreeMap::new();
+        };
+        let Some(json) = reply.json() else {
+            return BTreeMap::new();
+        };
         json["roots"].as_object().map_or_else(BTreeMap::new, |o| {
-            o.iter().filter_map(|(k, v)| Some((k.parse().ok()?, v.as_str()?.to_string()))).collect()
+            o.iter()
+                .filter_map(|(k, v)| Some((k.parse().ok()?, v.as_str()?.to_string())))
+                .collect()
         })
     }
 }
@@ -337,14 +419,31 @@ pub struct Ledger {
 
 /// Writes unique keys from `writers` concurrent tasks, round-robin over `endpoints`, for
 /// at most `count` writes each or until stopped. Returns the ledger and a stop handle.
-pub fn start_workload(endpoints: Vec<String>, writers: usize, count: usize, prefix: &str) -> (Ledger, Arc<std::sync::atomic::AtomicBool>, Vec<JoinHandle<()>>) {
+pub fn start_workload(
+    endpoints: Vec<String>,
+    writers: usize,
+    count: usize,
+    prefix: &str,
+) -> (
+    Ledger,
+    Arc<std::sync::atomic::AtomicBool>,
+    Vec<JoinHandle<()>>,
+) {
     let ledger = Ledger::default();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut handles = Vec::new();
     for w in 0..writers {
-        let (ledger, stop, endpoints, prefix) = (ledger.clone(), stop.clone(), endpoints.clone(), prefix.to_string());
+        let (ledger, stop, endpoints, prefix) = (
+            ledger.clone(),
+            stop.clone(),
+            endpoints.clone(),
+            prefix.to_string(),
+        );
         handles.push(tokio::spawn(async move {
-            let clients: Vec<HttpClient> = endpoints.iter().map(|e| HttpClient::new(e, None, Duration::from_secs(5))).collect();
+            let clients: Vec<HttpClient> = endpoints
+                .iter()
+                .map(|e| HttpClient::new(e, None, Duration::from_secs(5)))
+                .collect();
             for i in 0..count {
                 if stop.load(Ordering::Relaxed) {
                     break;

@@ -1,0 +1,1038 @@
+//! Deterministic simulation of whole clusters (feature `sim`).
+//!
+//! Several members run the real node code — storage (in memory, surviving simulated
+//! crashes like a disk), membership, replication, handoff, anti-entropy, the HTTP API —
+//! over turmoil's simulated network and clock. One seed fixes everything: the cluster's
+//! shape, the workload, the faults and every scheduling decision, so a failing seed
+//! replays exactly.
+//!
+//! A run: form the cluster; let concurrent clients put (with and without context), delete
+//! and get a few hot keys while faults strike (partitions, one-way partitions, message
+//! loss, delay, crashes with and without the disk, joins, leaves); heal everything; wait
+//! until the cluster has converged (same ring everywhere, nothing moving, no hints, equal
+//! Merkle roots on every partition's replicas); read every key from all replicas; and
+//! check the history ([`checker`]).
+
+pub mod checker;
+pub mod history;
+pub mod net;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Method;
+use parking_lot::Mutex;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::clock::VersionVector;
+use crate::config::{ClusterSettings, FailureDetector, NodeConfig};
+use crate::env::Env;
+use crate::node::Node;
+use crate::ring::{MemberId, Ring, RingMember};
+use crate::storage::MemoryEngine;
+use history::{FinalState, History, OpKind, OpOutcome, OpRecord, parse_dot};
+use net::{SimClock, SimNetwork, SimReply, http};
+
+const TOKEN: &str = "simulation-cluster-token";
+const HTTP_PORT: u16 = 8080;
+const PEER_PORT: u16 = 7070;
+
+/// The shape of one simulated run.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    pub seed: u64,
+    pub initial_members: usize,
+    /// Members that may join during the run.
+    pub spare_members: usize,
+    pub partitions: u32,
+    pub n: usize,
+    pub r: usize,
+    pub w: usize,
+    pub clients: usize,
+    pub keys: usize,
+    pub workload: Duration,
+    /// Fault events during the workload (0 = a calm run).
+    pub faults: usize,
+    /// Upper bound of simulated time to converge after healing.
+    pub converge_within: Duration,
+    /// Make every member acknowledge writes before their quorum (a deliberate bug).
+    pub bug_ack_before_quorum: bool,
+    /// Faults at fixed times instead of random ones: (start after the cluster is ready,
+    /// duration, fault), in milliseconds.
+    pub scripted: Option<Vec<(u64, u64, Fault)>>,
+}
+
+impl Scenario {
+    /// A scenario drawn from the seed: 3-5 members, up to 2 joiners, a varied workload and
+    /// 2-8 fault events.
+    pub fn from_seed(seed: u64) -> Scenario {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed);
+        Scenario {
+            seed,
+            initial_members: rng.random_range(3..=5),
+            spare_members: rng.random_range(0..=2),
+            partitions: 64,
+            n: 3,
+            r: 2,
+            w: 2,
+            clients: rng.random_range(2..=4),
+            keys: rng.random_range(3..=8),
+            workload: Duration::from_secs(rng.random_range(20..=40)),
+            faults: rng.random_range(2..=8),
+            converge_within: Duration::from_secs(240),
+            bug_ack_before_quorum: false,
+            scripted: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    Partition { a: usize, b: usize },
+    OneWay { from: usize, to: usize },
+    Loss { a: usize, b: usize },
+    Delay { a: usize, b: usize },
+    Crash { node: usize, wipe: bool },
+    Join { node: usize },
+    Leave { node: usize },
+}
+
+#[derive(Clone, Debug)]
+struct Planned {
+    at_ms: u64,
+    until_ms: u64,
+    fault: Fault,
+}
+
+/// What a successful run did.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    pub seed: u64,
+    pub ops: usize,
+    pub acknowledged_writes: usize,
+    pub faults: Vec<String>,
+    pub simulated_ms: u64,
+    pub converged_after_ms: u64,
+    /// A digest of the whole history, equal for two runs of the same seed.
+    pub digest: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Failure {
+    pub seed: u64,
+    pub message: String,
+    pub trace: String,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "seed {} failed: {}\n{}\nreplay: cargo run --release --features sim --bin dynamo-sim -- --seed {}",
+            self.seed, self.message, self.trace, self.seed
+        )
+    }
+}
+
+fn host(i: usize) -> String {
+    format!("n{i}")
+}
+
+/// State shared between the driver and the simulated clients.
+struct Shared {
+    history: Mutex<History>,
+    /// Members clients may talk to (joined and not removed).
+    active: Mutex<Vec<usize>>,
+    ready: AtomicBool,
+    healed: AtomicBool,
+    workload_clients_done: AtomicUsize,
+    verified: AtomicBool,
+    admin_queue: Mutex<Vec<(u64, AdminCmd)>>,
+    convergence: Mutex<Option<Result<u64, String>>>,
+}
+
+#[derive(Clone, Debug)]
+enum AdminCmd {
+    Join(usize),
+    Leave(usize),
+}
+
+fn node_config(s: &Scenario, i: usize, bootstrap: bool, all_initial: usize) -> NodeConfig {
+    let mut c = NodeConfig::for_local(
+        &host(i),
+        HTTP_PORT,
+        PEER_PORT,
+        std::path::PathBuf::from("/sim"),
+    );
+    c.listen = format!("0.0.0.0:{HTTP_PORT}");
+    c.peer_listen = format!("0.0.0.0:{PEER_PORT}");
+    c.advertise = format!("{}:{HTTP_PORT}", host(i));
+    c.advertise_peer = format!("{}:{PEER_PORT}", host(i));
+    c.seeds = (0..all_initial)
+        .filter(|&j| j != i)
+        .map(|j| format!("{}:{PEER_PORT}", host(j)))
+        .collect();
+    c.bootstrap = bootstrap;
+    c.cluster_token = TOKEN.into();
+    c.settings = ClusterSettings {
+        partitions: s.partitions,
+        n: s.n,
+        r: s.r,
+        w: s.w,
+        ..Default::default()
+    };
+    c.gossip_interval = Duration::from_millis(500);
+    c.failure_detector = FailureDetector::PhiAccrual {
+        threshold: 8.0,
+        min_std_dev: Duration::from_millis(250),
+        max_silence: Duration::from_secs(10),
+    };
+    c.replica_timeout = Duration::from_millis(500);
+    c.request_timeout = Duration::from_secs(2);
+    c.hint_interval = Duration::from_millis(500);
+    c.anti_entropy_interval = Duration::from_secs(5);
+    c.transfer_rate_bytes = 0;
+    c.tombstone_grace = Duration::from_secs(15);
+    c
+}
+
+fn plan_faults(s: &Scenario, rng: &mut ChaCha8Rng, start_ms: u64) -> Vec<Planned> {
+    if let Some(script) = &s.scripted {
+        let mut out: Vec<Planned> = script
+            .iter()
+            .map(|(at, dur, fault)| Planned {
+                at_ms: start_ms + at,
+                until_ms: start_ms + at + dur,
+                fault: fault.clone(),
+            })
+            .collect();
+        out.sort_by_key(|p| p.at_ms);
+        return out;
+    }
+    let mut out = Vec::new();
+    let end = start_ms + s.workload.as_millis() as u64;
+    let mut members: Vec<usize> = (0..s.initial_members).collect();
+    let mut next_spare = s.initial_members;
+    let mut wiped = false;
+    // Times first, in order, so a fault involving a joiner always comes after its join.
+    let mut times: Vec<u64> = (0..s.faults)
+        .map(|_| rng.random_range(start_ms..end))
+        .collect();
+    times.sort_unstable();
+    for at_ms in times {
+        let until_ms = (at_ms + rng.random_range(1_000..15_000)).min(end);
+        let pick =
+            |rng: &mut ChaCha8Rng, members: &[usize]| members[rng.random_range(0..members.len())];
+        let a = pick(rng, &members);
+        let mut b = pick(rng, &members);
+        if a == b {
+            b = members[(members.iter().position(|&m| m == a).unwrap_or(0) + 1) % members.len()];
+        }
+        let fault = match rng.random_range(0..10) {
+            0 | 1 => Fault::Partition { a, b },
+            2 => Fault::OneWay { from: a, to: b },
+            3 => Fault::Loss { a, b },
+            4 => Fault::Delay { a, b },
+            5 | 6 => Fault::Crash {
+                node: a,
+                wipe: false,
+            },
+            // At most one disk wipe per run: two lost replicas of one partition can lose
+            // acknowledged data in any system with N = 3 and W = 2.
+            7 if !wiped => {
+                wiped = true;
+                Fault::Crash {
+                    node: a,
+                    wipe: true,
+                }
+            }
+            8 if next_spare < s.initial_members + s.spare_members => {
+                next_spare += 1;
+                members.push(next_spare - 1);
+                Fault::Join {
+                    node: next_spare - 1,
+                }
+            }
+            9 if members.len() > s.n + 1 => {
+                members.retain(|&m| m != a);
+                Fault::Leave { node: a }
+            }
+            _ => Fault::Crash {
+                node: a,
+                wipe: false,
+            },
+        };
+        out.push(Planned {
+            at_ms,
+            until_ms,
+            fault,
+        });
+    }
+    out.sort_by_key(|p| p.at_ms);
+    out
+}
+
+/// Runs one scenario to the end and checks it.
+pub fn run(s: &Scenario) -> Result<Report, Failure> {
+    let fail = |message: String, trace: String| Failure {
+        seed: s.seed,
+        message,
+        trace,
+    };
+    let mut sim = turmoil::Builder::new()
+        .simulation_duration(Duration::from_secs(3600))
+        .tick_duration(Duration::from_millis(2))
+        .min_message_latency(Duration::from_micros(100))
+        .max_message_latency(Duration::from_millis(5))
+        .rng_seed(s.seed)
+        .enable_random_order()
+        .build();
+    let shared = Arc::new(Shared {
+        history: Mutex::new(History::default()),
+        active: Mutex::new((0..s.initial_members).collect()),
+        ready: AtomicBool::new(false),
+        healed: AtomicBool::new(false),
+        workload_clients_done: AtomicUsize::new(0),
+        verified: AtomicBool::new(false),
+        admin_queue: Mutex::new(Vec::new()),
+        convergence: Mutex::new(None),
+    });
+    let total = s.initial_members + s.spare_members;
+    let engines: Vec<MemoryEngine> = (0..total).map(|_| MemoryEngine::new()).collect();
+    let bootstrapped = Arc::new(AtomicBool::new(false));
+    let generations: Arc<Vec<AtomicUsize>> =
+        Arc::new((0..total).map(|_| AtomicUsize::new(0)).collect());
+
+    let add_host = |sim: &mut turmoil::Sim<'_>, i: usize| {
+        let engine = engines[i].clone();
+        let scenario = s.clone();
+        let bootstrapped = bootstrapped.clone();
+        let generations = generations.clone();
+        let initial = s.initial_members;
+        sim.host(host(i), move || {
+            let engine = engine.clone();
+            let scenario = scenario.clone();
+            let bootstrap = i == 0 && !bootstrapped.swap(true, Ordering::SeqCst);
+            let generation = generations[i].fetch_add(1, Ordering::SeqCst) as u64;
+            let mut config = node_config(&scenario, i, bootstrap, initial);
+            config.rng_seed = scenario
+                .seed
+                .wrapping_mul(1_000_003)
+                .wrapping_add((i as u64) << 20)
+                .wrapping_add(generation);
+            async move {
+                let env = Env {
+                    network: Arc::new(SimNetwork),
+                    clock: Arc::new(SimClock),
+                    rng: Arc::new(parking_lot::Mutex::new(ChaCha8Rng::seed_from_u64(
+                        config.rng_seed,
+                    ))),
+                };
+                let node = Node::start(config, env, Arc::new(engine))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if scenario.bug_ack_before_quorum {
+                    node.replicator
+                        .faults
+                        .ack_writes_before_quorum
+                        .store(true, Ordering::Relaxed);
+                }
+                std::future::pending::<()>().await;
+                Ok(())
+            }
+        });
+    };
+    for i in 0..s.initial_members {
+        add_host(&mut sim, i);
+    }
+
+    // The controller forms the cluster, then runs queued admin commands.
+    {
+        let shared = shared.clone();
+        let initial = s.initial_members;
+        let n = s.n;
+        sim.client("controller", async move {
+            for i in 1..initial {
+                if !join(&shared, i).await {
+                    return Err(format!("{} could not join the new cluster", host(i)).into());
+                }
+            }
+            wait_settled(&shared, initial, n).await;
+            shared.ready.store(true, Ordering::SeqCst);
+            while !shared.verified.load(Ordering::SeqCst) {
+                let due: Vec<(u64, AdminCmd)> = std::mem::take(&mut *shared.admin_queue.lock());
+                for (_, cmd) in due {
+                    match cmd {
+                        AdminCmd::Join(i) => {
+                            if join(&shared, i).await {
+                                shared.active.lock().push(i);
+                            }
+                        }
+                        AdminCmd::Leave(i) => {
+                            let via = first_active_other(&shared, i);
+                            let r = admin(
+                                &host(via),
+                                Method::POST,
+                                &format!("/v1/cluster/leave/{}", host(i)),
+                                "",
+                            )
+                            .await;
+                            let ok = r.as_ref().is_ok_and(|r| r.status.as_u16() == 202);
+                            let now = now_ms();
+                            shared.history.lock().event(
+                                now,
+                                format!(
+                                    "leave {} -> {}",
+                                    host(i),
+                                    if ok { "accepted" } else { "refused" }
+                                ),
+                            );
+                            if ok {
+                                shared.active.lock().retain(|&m| m != i);
+                            }
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Ok(())
+        });
+    }
+
+    for c in 0..s.clients {
+        let shared = shared.clone();
+        let scenario = s.clone();
+        sim.client(format!("client{c}"), async move {
+            while !shared.ready.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let stop_at = now_ms() + scenario.workload.as_millis() as u64;
+            run_client(&shared, &scenario, c, stop_at).await;
+            shared.workload_clients_done.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        });
+    }
+
+    {
+        let shared = shared.clone();
+        let scenario = s.clone();
+        sim.client("verifier", async move {
+            while !shared.healed.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let healed_at = now_ms();
+            let result = converge(&shared, &scenario, healed_at).await;
+            let converged = result.is_ok();
+            *shared.convergence.lock() = Some(result);
+            if converged {
+                final_reads(&shared, &scenario).await;
+            }
+            shared.verified.store(true, Ordering::SeqCst);
+            Ok(())
+        });
+    }
+
+    // Drive the simulation, injecting the planned faults.
+    let mut rng = ChaCha8Rng::seed_from_u64(s.seed ^ 0xfa17);
+    let mut plan: Option<Vec<Planned>> = None;
+    let mut active_faults: Vec<Planned> = Vec::new();
+    let mut crashed: BTreeSet<usize> = BTreeSet::new();
+    let mut fault_log = Vec::new();
+    loop {
+        let finished = sim
+            .step()
+            .map_err(|e| fail(format!("a member failed: {e}"), String::new()))?;
+        if finished {
+            break;
+        }
+        let now = sim.elapsed().as_millis() as u64;
+        if plan.is_none() && shared.ready.load(Ordering::SeqCst) {
+            plan = Some(plan_faults(s, &mut rng, now + 1_000));
+        }
+        let healed = shared.healed.load(Ordering::SeqCst);
+        if let Some(p) = plan.as_mut() {
+            while !healed && p.first().is_some_and(|f| f.at_ms <= now) {
+                let f = p.remove(0);
+                let text = format!("{:?} until {} ms", f.fault, f.until_ms);
+                shared.history.lock().event(now, format!("start {text}"));
+                fault_log.push(format!("{now} ms: {text}"));
+                match f.fault {
+                    Fault::Partition { a, b } => sim.partition(host(a), host(b)),
+                    Fault::OneWay { from, to } => sim.partition_oneway(host(from), host(to)),
+                    Fault::Loss { a, b } => sim.set_link_fail_rate(host(a), host(b), 0.05),
+                    Fault::Delay { a, b } => sim.set_link_max_message_latency(
+                        host(a),
+                        host(b),
+                        Duration::from_millis(300),
+                    ),
+                    Fault::Crash { node, wipe } => {
+                        if crashed.insert(node) {
+                            sim.crash(host(node));
+                            if wipe {
+                                engines[node].wipe();
+                            }
+                        }
+                    }
+                    Fault::Join { node } => {
+                        add_host(&mut sim, node);
+                        shared.admin_queue.lock().push((now, AdminCmd::Join(node)));
+                    }
+                    Fault::Leave { node } => {
+                        shared.admin_queue.lock().push((now, AdminCmd::Leave(node)))
+                    }
+                }
+                active_faults.push(f);
+            }
+        }
+        // End faults whose time is up (and all of them once the workload is over).
+        let workload_over = shared.workload_clients_done.load(Ordering::SeqCst) == s.clients;
+        let mut still = Vec::new();
+        for f in active_faults.drain(..) {
+            if f.until_ms <= now || workload_over {
+                heal(&mut sim, &f.fault, &mut crashed);
+                shared
+                    .history
+                    .lock()
+                    .event(now, format!("end {:?}", f.fault));
+            } else {
+                still.push(f);
+            }
+        }
+        active_faults = still;
+        if workload_over && !healed {
+            for node in std::mem::take(&mut crashed) {
+                sim.bounce(host(node));
+            }
+            shared.healed.store(true, Ordering::SeqCst);
+            shared.history.lock().event(now, "all faults healed".into());
+        }
+    }
+
+    let history = std::mem::take(&mut *shared.history.lock());
+    let converged = shared.convergence.lock().clone();
+    let simulated_ms = sim.elapsed().as_millis() as u64;
+    match converged {
+        Some(Ok(after)) => {
+            let violations = checker::check(&history);
+            if let Some(v) = violations.first() {
+                let all: Vec<String> = violations
+                    .iter()
+                    .map(|v| format!("{}: {}", v.key, v.what))
+                    .collect();
+                return Err(fail(
+                    format!("{} violation(s): {}", violations.len(), all.join("; ")),
+                    format!("history of key {}:\n{}", v.key, history.trace(&v.key)),
+                ));
+            }
+            Ok(Report {
+                seed: s.seed,
+                ops: history.ops.len(),
+                acknowledged_writes: history
+                    .ops
+                    .iter()
+                    .filter(|o| matches!(o.outcome, OpOutcome::Written { .. }))
+                    .count(),
+                faults: fault_log,
+                simulated_ms,
+                converged_after_ms: after,
+                digest: digest(&history),
+            })
+        }
+        Some(Err(why)) => Err(fail(
+            format!("did not converge: {why}"),
+            history
+                .events
+                .iter()
+                .map(|(t, e)| format!("  {t:>7} ms  {e}"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )),
+        None => Err(fail("the verifier never ran".into(), String::new())),
+    }
+}
+
+fn heal(sim: &mut turmoil::Sim<'_>, fault: &Fault, crashed: &mut BTreeSet<usize>) {
+    match *fault {
+        Fault::Partition { a, b } => sim.repair(host(a), host(b)),
+        Fault::OneWay { from, to } => sim.repair_oneway(host(from), host(to)),
+        Fault::Loss { a, b } => sim.set_link_fail_rate(host(a), host(b), 0.0),
+        Fault::Delay { a, b } => {
+            sim.set_link_max_message_latency(host(a), host(b), Duration::from_millis(5))
+        }
+        Fault::Crash { node, .. } => {
+            if crashed.remove(&node) {
+                sim.bounce(host(node));
+            }
+        }
+        Fault::Join { .. } | Fault::Leave { .. } => {}
+    }
+}
+
+fn digest(h: &History) -> u64 {
+    let mut x = xxhash_rust::xxh3::Xxh3::new();
+    for op in &h.ops {
+        x.update(op.to_string().as_bytes());
+    }
+    for (k, f) in &h.finals {
+        x.update(format!("{k}{f:?}").as_bytes());
+    }
+    x.digest()
+}
+
+fn now_ms() -> u64 {
+    turmoil::sim_elapsed().map_or(0, |d| d.as_millis() as u64)
+}
+
+async fn admin(node: &str, method: Method, path: &str, body: &str) -> Result<SimReply, String> {
+    let headers = [
+        ("authorization", format!("Bearer {TOKEN}")),
+        ("content-type", "application/json".to_string()),
+    ];
+    http(
+        &format!("{node}:{HTTP_PORT}"),
+        method,
+        path,
+        &headers,
+        Bytes::from(body.to_string()),
+        Duration::from_secs(3),
+    )
+    .await
+}
+
+fn first_active_other(shared: &Shared, not: usize) -> usize {
+    shared
+        .active
+        .lock()
+        .iter()
+        .copied()
+        .find(|&m| m != not)
+        .unwrap_or(0)
+}
+
+/// Asks the cluster to add member `i` until it is accepted (or gives up after 150 s).
+async fn join(shared: &Shared, i: usize) -> bool {
+    let body = format!("{{\"member\": \"{}\"}}", host(i));
+    for _ in 0..600 {
+        let via = first_active_other(shared, i);
+        if let Ok(r) = admin(&host(via), Method::POST, "/v1/cluster/join", &body).await
+            && r.status.as_u16() == 202
+        {
+            shared
+                .history
+                .lock()
+                .event(now_ms(), format!("join {} accepted", host(i)));
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    shared
+        .history
+        .lock()
+        .event(now_ms(), format!("join {} never accepted", host(i)));
+    false
+}
+
+async fn ring_of(node: usize) -> Option<serde_json::Value> {
+    let r = admin(&host(node), Method::GET, "/v1/cluster/ring", "")
+        .await
+        .ok()?;
+    serde_json::from_slice(&r.body).ok()
+}
+
+async fn wait_settled(shared: &Shared, members: usize, n: usize) {
+    let _ = n;
+    loop {
+        let active = shared.active.lock().clone();
+        let mut epochs = BTreeSet::new();
+        let mut ok = true;
+        for &i in &active {
+            match ring_of(i).await {
+                Some(r)
+                    if r["inTransition"] == false
+                        && r["members"].as_array().map(Vec::len) == Some(members) =>
+                {
+                    epochs.insert(r["epoch"].as_u64());
+                }
+                _ => ok = false,
+            }
+        }
+        if ok && epochs.len() == 1 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A read's values, tombstones and context.
+type ReadState = (
+    Vec<(crate::clock::Dot, String)>,
+    Vec<crate::clock::Dot>,
+    VersionVector,
+);
+
+fn parse_read(r: &SimReply) -> Option<ReadState> {
+    let context = r
+        .header("x-dynamo-context")
+        .map_or(Ok(VersionVector::new()), VersionVector::from_header)
+        .ok()?;
+    match r.status.as_u16() {
+        200 => {
+            let versions = r.header("x-dynamo-versions").unwrap_or("");
+            let mut values = Vec::new();
+            let mut tombstones = Vec::new();
+            for v in versions.split(',').filter(|v| !v.is_empty()) {
+                let dot = parse_dot(v)?;
+                if v.ends_with('~') {
+                    tombstones.push(dot)
+                } else {
+                    values.push((dot, String::from_utf8_lossy(&r.body).into_owned()))
+                }
+            }
+            Some((values, tombstones, context))
+        }
+        300 => {
+            use base64::Engine as _;
+            let json: serde_json::Value = serde_json::from_slice(&r.body).ok()?;
+            let mut values = Vec::new();
+            for s in json["siblings"].as_array()? {
+                let value = base64::engine::general_purpose::STANDARD
+                    .decode(s["value"].as_str()?)
+                    .ok()?;
+                values.push((
+                    parse_dot(s["version"].as_str()?)?,
+                    String::from_utf8_lossy(&value).into_owned(),
+                ));
+            }
+            let tombstones = json["tombstones"]
+                .as_array()?
+                .iter()
+                .filter_map(|t| t.as_str().and_then(parse_dot))
+                .collect();
+            Some((values, tombstones, context))
+        }
+        404 => {
+            let tombstones = r
+                .header("x-dynamo-versions")
+                .unwrap_or("")
+                .split(',')
+                .filter(|v| !v.is_empty())
+                .filter_map(parse_dot)
+                .collect();
+            Some((Vec::new(), tombstones, context))
+        }
+        _ => None,
+    }
+}
+
+async fn run_client(shared: &Shared, s: &Scenario, c: usize, stop_at: u64) {
+    let mut rng =
+        ChaCha8Rng::seed_from_u64(s.seed.wrapping_add(1 + c as u64).wrapping_mul(0x9e37_79b9));
+    let mut last_context: BTreeMap<String, VersionVector> = BTreeMap::new();
+    let mut seq = 0u64;
+    while now_ms() < stop_at {
+        let key = format!("key{}", rng.random_range(0..s.keys));
+        let active = shared.active.lock().clone();
+        let node = host(active[rng.random_range(0..active.len())]);
+        let roll = rng.random_range(0..100);
+        let read_first = roll < 45 || (55..65).contains(&roll);
+        let mut context = None;
+        if read_first || roll >= 80 {
+            let (ctx, _) = get(shared, c, &node, &key, "").await;
+            if let Some(ctx) = ctx {
+                last_context.insert(key.clone(), ctx.clone());
+                context = Some(ctx);
+            }
+        }
+        if roll < 45 || (65..80).contains(&roll) {
+            // A read-modify-write, or a write with this client's possibly stale context.
+            let ctx = if roll < 45 {
+                context
+            } else {
+                last_context.get(&key).cloned()
+            };
+            seq += 1;
+            let value = format!("c{c}-{seq}");
+            write(shared, c, &node, &key, Some(value), ctx).await;
+        } else if roll < 55 {
+            seq += 1;
+            write(shared, c, &node, &key, Some(format!("c{c}-{seq}")), None).await;
+        } else if roll < 65 {
+            write(shared, c, &node, &key, None, context).await;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..80))).await;
+    }
+}
+
+async fn get(
+    shared: &Shared,
+    c: usize,
+    node: &str,
+    key: &str,
+    query: &str,
+) -> (Option<VersionVector>, Option<FinalState>) {
+    let start = now_ms();
+    let r = http(
+        &format!("{node}:{HTTP_PORT}"),
+        Method::GET,
+        &format!("/v1/kv/{key}{query}"),
+        &[],
+        Bytes::new(),
+        Duration::from_secs(4),
+    )
+    .await;
+    let (outcome, ctx, state) = match &r {
+        Ok(reply) => match parse_read(reply) {
+            Some((values, tombstones, context)) => (
+                OpOutcome::Read {
+                    values: values.clone(),
+                    tombstones: tombstones.clone(),
+                },
+                Some(context.clone()),
+                Some(FinalState {
+                    values,
+                    tombstones,
+                    context,
+                }),
+            ),
+            None => (
+                OpOutcome::Failed {
+                    status: reply.status.as_u16(),
+                    detail: String::from_utf8_lossy(&reply.body).into_owned(),
+                },
+                None,
+                None,
+            ),
+        },
+        Err(e) => (OpOutcome::Unknown { detail: e.clone() }, None, None),
+    };
+    let end = now_ms();
+    shared.history.lock().record(OpRecord {
+        id: 0,
+        client: c,
+        node: node.to_string(),
+        key: key.to_string(),
+        kind: OpKind::Get,
+        sent_context: None,
+        start_ms: start,
+        end_ms: end,
+        outcome,
+    });
+    (ctx, state)
+}
+
+async fn write(
+    shared: &Shared,
+    c: usize,
+    node: &str,
+    key: &str,
+    value: Option<String>,
+    context: Option<VersionVector>,
+) {
+    let start = now_ms();
+    let headers: Vec<(&str, String)> = context
+        .iter()
+        .map(|ctx| ("x-dynamo-context", ctx.to_header()))
+        .collect();
+    let (method, body) = match &value {
+        Some(v) => (Method::PUT, Bytes::from(v.clone())),
+        None => (Method::DELETE, Bytes::new()),
+    };
+    let r = http(
+        &format!("{node}:{HTTP_PORT}"),
+        method,
+        &format!("/v1/kv/{key}"),
+        &headers,
+        body,
+        Duration::from_secs(4),
+    )
+    .await;
+    let outcome = match r {
+        Ok(reply) if reply.status.as_u16() == 204 => {
+            match reply.header("x-dynamo-version").and_then(parse_dot) {
+                Some(version) => OpOutcome::Written { version },
+                None => OpOutcome::Failed {
+                    status: 204,
+                    detail: "no version header".into(),
+                },
+            }
+        }
+        Ok(reply) => OpOutcome::Failed {
+            status: reply.status.as_u16(),
+            detail: String::from_utf8_lossy(&reply.body)
+                .chars()
+                .take(120)
+                .collect(),
+        },
+        Err(e) => OpOutcome::Unknown { detail: e },
+    };
+    let kind = match value {
+        Some(value) => OpKind::Put { value },
+        None => OpKind::Delete,
+    };
+    let end = now_ms();
+    shared.history.lock().record(OpRecord {
+        id: 0,
+        client: c,
+        node: node.to_string(),
+        key: key.to_string(),
+        kind,
+        sent_context: context,
+        start_ms: start,
+        end_ms: end,
+        outcome,
+    });
+}
+
+/// Waits until every active member agrees on a settled, balanced, spaced ring, no hints
+/// or handoffs are pending, and every partition's replicas have equal Merkle roots.
+async fn converge(shared: &Shared, s: &Scenario, healed_at: u64) -> Result<u64, String> {
+    let deadline = healed_at + s.converge_within.as_millis() as u64;
+    let mut last_reason = String::from("never checked");
+    while now_ms() < deadline {
+        match converged_now(shared, s).await {
+            Ok(()) => return Ok(now_ms() - healed_at),
+            Err(why) => last_reason = why,
+        }
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    }
+    Err(last_reason)
+}
+
+async fn converged_now(shared: &Shared, s: &Scenario) -> Result<(), String> {
+    let active = shared.active.lock().clone();
+    let mut rings = Vec::new();
+    for &i in &active {
+        let r = ring_of(i)
+            .await
+            .ok_or_else(|| format!("{} did not answer", host(i)))?;
+        rings.push((i, r));
+    }
+    let (_, first) = rings.first().ok_or("no active member")?;
+    for (i, r) in &rings {
+        if r["epoch"] != first["epoch"] || r["inTransition"] != false {
+            return Err(format!(
+                "{} is at epoch {} (in transition: {})",
+                host(*i),
+                r["epoch"],
+                r["inTransition"]
+            ));
+        }
+    }
+    let members: Vec<String> = first["members"]
+        .as_array()
+        .ok_or("no members")?
+        .iter()
+        .filter_map(|m| m["id"].as_str().map(str::to_string))
+        .collect();
+    let mut expected: Vec<String> = active.iter().map(|&i| host(i)).collect();
+    expected.sort();
+    if members != expected {
+        return Err(format!("ring members {members:?}, expected {expected:?}"));
+    }
+    let balance = &first["balance"];
+    if balance[1].as_u64().unwrap_or(0) > balance[0].as_u64().unwrap_or(0) + 1 {
+        return Err(format!("unbalanced ring {balance}"));
+    }
+    if first["spacingFeasible"] == true && first["spacingViolations"] != 0 {
+        return Err(format!("spacing violated: {}", first["spacingViolations"]));
+    }
+    for &i in &active {
+        let r = admin(&host(i), Method::GET, "/metrics", "")
+            .await
+            .map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&r.body);
+        let pending = text
+            .lines()
+            .find(|l| l.starts_with("dynamo_hints_pending "))
+            .and_then(|l| l.rsplit(' ').next())
+            .unwrap_or("0");
+        if pending != "0" {
+            let members = admin(&host(i), Method::GET, "/v1/cluster/members", "")
+                .await
+                .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+                .unwrap_or_default();
+            let json: serde_json::Value = serde_json::from_str(&members).unwrap_or_default();
+            let alive: Vec<String> = json["members"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|m| format!("{}:{}:{}", m["id"], m["status"], m["alive"]))
+                        .collect()
+                })
+                .unwrap_or_default();
+            return Err(format!(
+                "{} holds {pending} hints {} (sees {alive:?})",
+                host(i),
+                json["hintsHeld"]
+            ));
+        }
+    }
+    // Equal Merkle roots on every partition's replicas.
+    let owners: Vec<MemberId> = first["owners"]
+        .as_array()
+        .ok_or("no owners")?
+        .iter()
+        .filter_map(|o| o.as_str().map(MemberId::new))
+        .collect();
+    let ring = Ring::from_owners(
+        0,
+        members
+            .iter()
+            .map(|m| RingMember {
+                id: MemberId::new(m.clone()),
+                weight: 1,
+            })
+            .collect(),
+        &owners,
+    )
+    .map_err(|e| e.to_string())?;
+    let mut roots: BTreeMap<String, BTreeMap<u32, String>> = BTreeMap::new();
+    for &i in &active {
+        let r = admin(&host(i), Method::GET, "/v1/cluster/antientropy", "")
+            .await
+            .map_err(|e| e.to_string())?;
+        let json: serde_json::Value = serde_json::from_slice(&r.body).map_err(|e| e.to_string())?;
+        let map = json["roots"]
+            .as_object()
+            .map(|o| {
+                o.iter()
+                    .filter_map(|(k, v)| Some((k.parse().ok()?, v.as_str()?.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        roots.insert(host(i), map);
+    }
+    for p in 0..s.partitions {
+        let replicas = ring.primaries(p, s.n);
+        let values: BTreeSet<Option<&String>> = replicas
+            .iter()
+            .map(|m| roots.get(m.as_str()).and_then(|r| r.get(&p)))
+            .collect();
+        if values.len() > 1 {
+            return Err(format!(
+                "partition {p}: replicas {replicas:?} have different Merkle roots {values:?}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Reads every key from all replicas (r = N) once the cluster has converged.
+async fn final_reads(shared: &Shared, s: &Scenario) {
+    let via = host(shared.active.lock().first().copied().unwrap_or(0));
+    for k in 0..s.keys {
+        let key = format!("key{k}");
+        for _ in 0..20 {
+            let (_, state) = get(shared, usize::MAX, &via, &key, &format!("?r={}", s.n)).await;
+            if let Some(state) = state {
+                shared.history.lock().finals.insert(key.clone(), state);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
