@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Tests the operator against a real Kubernetes control plane without nodes
+# (etcd + kube-apiserver + kube-controller-manager from e2e/apiserver/up.sh):
+# the generated CRD, admission (schema and CEL rules), and the operator binary
+# creating objects, reporting status and cleaning up.
+#
+# usage: e2e/apiserver/operator-test.sh
+# Uses a running control plane (same WORKDIR) or starts one and stops it
+# afterwards (OPERATOR_TEST_KEEP=1 keeps it). Environment: WORKDIR (default
+# e2e/.work/apiserver), CARGO_FLAGS (extra flags for cargo test).
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+WORKDIR="${WORKDIR:-$REPO_ROOT/e2e/.work/apiserver}"
+KUBECONFIG_ADMIN="$WORKDIR/kubeconfig"
+k() { "$K8S_BIN/kubectl" --kubeconfig "$KUBECONFIG_ADMIN" "$@"; }
+
+t0=$(date +%s)
+STARTED=0
+finish() {
+  local rc=$?
+  if [ "$rc" != 0 ] && [ -f "$KUBECONFIG_ADMIN" ]; then
+    echo "===== operator apiserver test FAILED: cluster state =====" >&2
+    k get dynamoclusters,statefulsets,pods,pvc,services,pdb -A -o wide >&2 2>&1 || true
+    k get events -A --sort-by=.metadata.creationTimestamp >&2 2>&1 | tail -n 60 >&2 || true
+  fi
+  if [ "$STARTED" = 1 ] && [ "${OPERATOR_TEST_KEEP:-0}" != 1 ]; then
+    "$E2E_LIB_DIR/down.sh" || true
+  fi
+  log "operator apiserver test: $(( $(date +%s) - t0 ))s"
+  exit "$rc"
+}
+trap finish EXIT
+
+if [ -f "$KUBECONFIG_ADMIN" ] && k get --raw /readyz >/dev/null 2>&1; then
+  log "using the running control plane"
+else
+  STARTED=1
+  PRINT_USAGE=0 "$E2E_LIB_DIR/up.sh"
+fi
+
+cd "$REPO_ROOT"
+# shellcheck disable=SC2086
+KUBECONFIG="$KUBECONFIG_ADMIN" DYNAMO_E2E_APISERVER=1 \
+  cargo test -p dynamo-operator ${CARGO_FLAGS:-} --test apiserver -- --nocapture --test-threads=1
