@@ -39,6 +39,29 @@ else
 fi
 
 cd "$REPO_ROOT"
+# The operator runs as its ServiceAccount with the shipped RBAC, not as admin.
+k apply -f operator/deploy/rbac.yaml >/dev/null
+token="$(k -n dynamo-system create token dynamo-operator --duration=2h)"
+OPERATOR_KUBECONFIG="$WORKDIR/operator.kubeconfig"
+cat >"$OPERATOR_KUBECONFIG" <<KCFG
+apiVersion: v1
+kind: Config
+clusters:
+- name: e2e
+  cluster:
+    server: $(k config view --raw -o jsonpath='{.clusters[0].cluster.server}')
+    certificate-authority-data: $(k config view --raw -o jsonpath='{.clusters[0].cluster.certificate-authority-data}')
+users:
+- name: dynamo-operator
+  user:
+    token: $token
+contexts:
+- name: e2e
+  context: { cluster: e2e, user: dynamo-operator }
+current-context: e2e
+KCFG
+chmod 600 "$OPERATOR_KUBECONFIG"
+
 # shellcheck disable=SC2086
-KUBECONFIG="$KUBECONFIG_ADMIN" DYNAMO_E2E_APISERVER=1 \
+KUBECONFIG="$KUBECONFIG_ADMIN" OPERATOR_KUBECONFIG="$OPERATOR_KUBECONFIG" DYNAMO_E2E_APISERVER=1 \
   cargo test -p dynamo-operator ${CARGO_FLAGS:-} --test apiserver -- --nocapture --test-threads=1

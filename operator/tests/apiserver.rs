@@ -66,7 +66,14 @@ impl Operator {
         let log =
             std::env::temp_dir().join(format!("dynamo-operator-e2e-{}.log", std::process::id()));
         let file = std::fs::File::create(&log).unwrap();
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_dynamo-operator"))
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_dynamo-operator"));
+        // Run as the operator's ServiceAccount (operator/deploy/rbac.yaml) when the script
+        // provides its kubeconfig, so missing RBAC rules fail the test.
+        if let Ok(kubeconfig) = std::env::var("OPERATOR_KUBECONFIG") {
+            eprintln!("running the operator with {kubeconfig}");
+            command.env("KUBECONFIG", kubeconfig);
+        }
+        let child = command
             .args([
                 "--namespace",
                 namespace,
@@ -246,6 +253,13 @@ async fn operator_against_a_real_apiserver() {
     )
     .await;
     expect_rejected(&dcs, "no-image", json!({"replicas": 3}), "spec.image").await;
+    expect_rejected(
+        &dcs,
+        &"x".repeat(53),
+        base.clone(),
+        "metadata.name must be at most 52 characters",
+    )
+    .await;
     expect_rejected(
         &dcs,
         "bad-service",
