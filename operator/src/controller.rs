@@ -540,7 +540,7 @@ async fn apply_desired(
                 &Patch::Apply(&builders::service_monitor(dc, names)),
             )
             .await?;
-        } else {
+        } else if sms.get_opt(&names.service_monitor()).await?.is_some() {
             delete_ignoring_missing(&sms, &names.service_monitor()).await?;
         }
     }

@@ -490,6 +490,49 @@ async fn run_scenario(client: Client, ns: String, dcs: Api<DynamicObject>, port:
         "ok: status with pods that never run: Progressing=True/Bootstrapping, Available=False/NotBootstrapped"
     );
 
+    // --- idempotence on a real API server: further passes change no object.
+    let reconciliations = || async {
+        let (_, body) = op.get("/metrics").await?;
+        body.lines()
+            .find(|l| l.starts_with("dynamo_operator_reconciliations_total{result=\"ok\"}"))?
+            .rsplit(' ')
+            .next()?
+            .parse::<f64>()
+            .ok()
+    };
+    let versions = || async {
+        let sts = stss.get("db").await.ok()?.resource_version()?;
+        let peers = svcs.get("db-peers").await.ok()?.resource_version()?;
+        let cm = Api::<ConfigMap>::namespaced(client.clone(), &ns)
+            .get("db-config")
+            .await
+            .ok()?
+            .resource_version()?;
+        let pdb = Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns)
+            .get("db")
+            .await
+            .ok()?
+            .resource_version()?;
+        let dc = dcs.get("db").await.ok()?.resource_version()?;
+        Some((sts, peers, cm, pdb, dc))
+    };
+    let before = versions().await.unwrap();
+    let start = reconciliations().await.unwrap();
+    wait_for(
+        "3 more reconciliations",
+        Duration::from_secs(30),
+        || async { (reconciliations().await? >= start + 3.0).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        versions().await.unwrap(),
+        before,
+        "a pass over an unchanged cluster changed an object"
+    );
+    eprintln!(
+        "ok: 3 further passes changed no object (StatefulSet, Service, ConfigMap, PDB, DynamoCluster resourceVersions unchanged)"
+    );
+
     // --- resize through the scale subresource (before bootstrap nothing holds data)
     let scale = |n: i64| json!({"spec": {"replicas": n}});
     dcs.patch_scale("db", &PatchParams::default(), &Patch::Merge(&scale(4)))
