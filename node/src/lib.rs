@@ -7,6 +7,7 @@
 
 pub mod antientropy;
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod clock;
 pub mod config;

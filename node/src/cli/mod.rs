@@ -65,6 +65,53 @@ pub enum Command {
     Leave(LeaveArgs),
     /// Show ownership transfers in progress.
     Handoffs(AdminArgs),
+    /// Load a cluster with a YCSB-style workload and report throughput and latency.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Members' HTTP addresses, comma-separated (requests are spread over them).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002"
+    )]
+    pub endpoints: Vec<String>,
+    /// Client token, if the cluster requires one.
+    #[arg(long, env = "DYNAMO_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    #[arg(long, value_enum, default_value = "a")]
+    pub workload: crate::bench::Workload,
+    #[arg(long, value_enum, default_value = "zipfian")]
+    pub distribution: crate::bench::Distribution,
+    /// Number of records (keys); written once before the run unless --no-load.
+    #[arg(long, default_value_t = 10_000)]
+    pub records: u64,
+    #[arg(long, default_value_t = 1024)]
+    pub value_size: usize,
+    /// Concurrent requests (closed loop), or the in-flight bound / 64 (fixed rate).
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    #[arg(long, default_value_t = 10)]
+    pub duration_s: u64,
+    /// Stop after this many operations even if time remains.
+    #[arg(long, default_value_t = 10_000_000)]
+    pub max_ops: u64,
+    /// Fixed rate in operations per second (open loop); omit for closed loop.
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// Skip the load phase (the records already exist).
+    #[arg(long)]
+    pub no_load: bool,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Label of the target in the report.
+    #[arg(long, default_value = "dynamo-rs")]
+    pub label: String,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -301,7 +348,80 @@ pub async fn run(cli: Cli) -> Result<i32> {
             )
             .await
         }
+        Command::Bench(args) => bench(args).await,
     }
+}
+
+async fn bench(args: BenchArgs) -> Result<i32> {
+    use indicatif::{ProgressBar, ProgressStyle};
+    let target = crate::bench::DynamoTarget::new(&args.endpoints, &args.label, args.token.clone());
+    if !args.no_load {
+        let bar = ProgressBar::new(args.records);
+        bar.set_style(
+            ProgressStyle::with_template("loading {bar:40} {pos}/{len} records ({per_sec})")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        let b = bar.clone();
+        let took = crate::bench::load(
+            target.clone(),
+            args.records,
+            args.value_size,
+            args.concurrency,
+            move |n| b.set_position(n),
+        )
+        .await?;
+        bar.finish_and_clear();
+        eprintln!(
+            "loaded {} records in {:.1} s",
+            args.records,
+            took.as_secs_f64()
+        );
+    }
+    let config = crate::bench::Config {
+        workload: args.workload,
+        distribution: args.distribution,
+        records: args.records,
+        value_size: args.value_size,
+        concurrency: args.concurrency,
+        duration: Duration::from_secs(args.duration_s),
+        max_ops: args.max_ops,
+        rate: args.rate,
+        seed: args.seed,
+    };
+    let bar = ProgressBar::new(args.duration_s);
+    bar.set_style(
+        ProgressStyle::with_template("running {bar:40} {pos}/{len} s  {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let started = std::time::Instant::now();
+    let b = bar.clone();
+    let report = crate::bench::run(target, config, move |n| {
+        if n % 256 == 0 {
+            b.set_position(started.elapsed().as_secs());
+            b.set_message(format!("{n} ops"));
+        }
+    })
+    .await;
+    bar.finish_and_clear();
+    print!("{}", crate::bench::table(std::slice::from_ref(&report)));
+    println!(
+        "reads: {} (p50 {:.3} ms, p99 {:.3} ms)   updates: {} (p50 {:.3} ms, p99 {:.3} ms)",
+        report.read.count,
+        report.read.p50_us as f64 / 1000.0,
+        report.read.p99_us as f64 / 1000.0,
+        report.update.count,
+        report.update.p50_us as f64 / 1000.0,
+        report.update.p99_us as f64 / 1000.0
+    );
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(if report.ops > 0 && report.errors * 100 <= report.ops {
+        0
+    } else {
+        EXIT_ERROR
+    })
 }
 
 fn read_secret(

@@ -96,6 +96,28 @@ pub struct GossipPush {
     pub view: Option<ClusterView>,
 }
 
+/// Encoded sizes of one gossip round's messages (see [`Membership::gossip_with`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GossipBytes {
+    /// Step 1, initiator to responder.
+    pub digest: u64,
+    /// Step 2, responder to initiator.
+    pub delta: u64,
+    /// Step 3, initiator to responder (0 when nothing was asked for and nothing is sent).
+    pub push: u64,
+}
+
+impl GossipBytes {
+    /// Bytes the initiator sends.
+    pub fn sent(&self) -> u64 {
+        self.digest + self.push
+    }
+    /// Bytes the initiator receives.
+    pub fn received(&self) -> u64 {
+        self.delta
+    }
+}
+
 /// How this member sees one other member, for the admin API and metrics.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -442,10 +464,29 @@ impl Membership {
                 return;
             }
         };
-        let want_view = delta.want_view;
-        let requests = delta.requests.clone();
-        self.apply_entries(delta.entries);
-        if let Some(v) = delta.view {
+        let Some(push) = self.apply_delta(delta) else {
+            return;
+        };
+        if let Ok(bytes) = postcard::to_stdvec(&push) {
+            self.metrics.gossip_bytes.inc_by(bytes.len() as u64);
+        }
+        let _ = self
+            .rpc
+            .call(&addr, Request::GossipPush(push), timeout)
+            .await;
+    }
+
+    /// Step 3, as the initiator: applies the responder's delta and returns what the
+    /// responder asked for (`None` when it asked for nothing).
+    fn apply_delta(&self, delta: GossipDelta) -> Option<GossipPush> {
+        let GossipDelta {
+            entries,
+            requests,
+            view,
+            want_view,
+        } = delta;
+        self.apply_entries(entries);
+        if let Some(v) = view {
             self.offer_view(v);
         }
         let push = {
@@ -463,15 +504,34 @@ impl Membership {
             }
         };
         if push.entries.is_empty() && push.view.is_none() {
-            return;
+            return None;
         }
-        if let Ok(bytes) = postcard::to_stdvec(&push) {
-            self.metrics.gossip_bytes.inc_by(bytes.len() as u64);
+        Some(push)
+    }
+
+    /// One gossip round with `peer`, in process: what [`Membership::gossip_round`] does once
+    /// it has picked a peer (heartbeat, the four steps), with the peer's handlers called
+    /// directly instead of over RPC. For simulations of large clusters
+    /// (`examples/scale_sim.rs`); returns the postcard-encoded size of each message.
+    pub fn gossip_with(&self, peer: &Membership) -> GossipBytes {
+        fn size<T: Serialize>(m: &T) -> u64 {
+            postcard::to_stdvec(m).map_or(0, |b| b.len() as u64)
         }
-        let _ = self
-            .rpc
-            .call(&addr, Request::GossipPush(push), timeout)
-            .await;
+        self.update_self(|_| {});
+        self.metrics.gossip_rounds.inc();
+        let digest = self.digest();
+        let mut bytes = GossipBytes {
+            digest: size(&digest),
+            ..GossipBytes::default()
+        };
+        let delta = peer.handle_digest(digest);
+        bytes.delta = size(&delta);
+        if let Some(push) = self.apply_delta(delta) {
+            bytes.push = size(&push);
+            self.metrics.gossip_bytes.inc_by(bytes.push);
+            peer.handle_push(push);
+        }
+        bytes
     }
 
     fn id_by_addr(&self, addr: &str) -> Option<MemberId> {

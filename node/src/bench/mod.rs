@@ -1,0 +1,358 @@
+//! A YCSB-style load generator: `dynamo bench`, and the engine behind the side-by-side
+//! comparison with other stores (`bench/`).
+//!
+//! Workloads (YCSB's core mixes): `a` 50% reads / 50% updates, `b` 95/5, `c` reads only,
+//! `write` updates only; keys chosen uniformly or zipfian (YCSB's scrambled zipfian, so
+//! hot keys are spread over the ring). Two loop models:
+//! * closed loop: `concurrency` workers each send the next request when the last answers
+//!   (measures peak throughput);
+//! * fixed rate (open loop): requests are scheduled at `rate` per second regardless of
+//!   answers, and each latency is measured from its *scheduled* start, so a stall shows up
+//!   in the percentiles instead of silently lowering the load (no coordinated omission).
+//!
+//! Every run is bounded in time and in operations.
+
+mod target;
+mod zipf;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use parking_lot::Mutex;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+pub use target::{DynamoTarget, Target, TargetError};
+pub use zipf::KeyChooser;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Workload {
+    /// 50% reads, 50% updates.
+    A,
+    /// 95% reads, 5% updates.
+    B,
+    /// Reads only.
+    C,
+    /// Updates only.
+    Write,
+}
+
+impl Workload {
+    fn read_fraction(self) -> f64 {
+        match self {
+            Workload::A => 0.5,
+            Workload::B => 0.95,
+            Workload::C => 1.0,
+            Workload::Write => 0.0,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Distribution {
+    Uniform,
+    Zipfian,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Config {
+    pub workload: Workload,
+    pub distribution: Distribution,
+    pub records: u64,
+    pub value_size: usize,
+    pub concurrency: usize,
+    pub duration: Duration,
+    /// Upper bound on operations (besides the duration).
+    pub max_ops: u64,
+    /// Fixed rate in operations per second (open loop); `None` = closed loop.
+    pub rate: Option<u64>,
+    pub seed: u64,
+}
+
+/// Latency percentiles of one operation type, in microseconds.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct OpStats {
+    pub count: u64,
+    pub errors: u64,
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+    pub mean_us: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub target: String,
+    pub config: Config,
+    pub elapsed_s: f64,
+    pub ops: u64,
+    pub errors: u64,
+    pub throughput_ops_s: f64,
+    pub read: OpStats,
+    pub update: OpStats,
+    pub all: OpStats,
+}
+
+struct Recorder {
+    read: Histogram<u64>,
+    update: Histogram<u64>,
+    read_errors: u64,
+    update_errors: u64,
+}
+
+fn histogram() -> Histogram<u64> {
+    // 1 µs to 60 s at 3 significant digits; the bounds are constants, so this cannot fail.
+    Histogram::new_with_bounds(1, 60_000_000, 3)
+        .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
+}
+
+fn stats(h: &Histogram<u64>, errors: u64) -> OpStats {
+    if h.is_empty() {
+        return OpStats {
+            errors,
+            ..Default::default()
+        };
+    }
+    OpStats {
+        count: h.len(),
+        errors,
+        p50_us: h.value_at_quantile(0.5),
+        p90_us: h.value_at_quantile(0.9),
+        p99_us: h.value_at_quantile(0.99),
+        p999_us: h.value_at_quantile(0.999),
+        max_us: h.max(),
+        mean_us: h.mean(),
+    }
+}
+
+pub fn key_name(i: u64) -> String {
+    format!("user{i:012}")
+}
+
+fn value_for(rng: &mut ChaCha8Rng, size: usize) -> Bytes {
+    let mut v = vec![0u8; size];
+    rng.fill(&mut v[..]);
+    Bytes::from(v)
+}
+
+/// Writes every record once (the YCSB load phase), `concurrency` at a time.
+pub async fn load(
+    target: Arc<dyn Target>,
+    records: u64,
+    value_size: usize,
+    concurrency: usize,
+    progress: impl Fn(u64) + Send + Sync + 'static,
+) -> Result<Duration, TargetError> {
+    let next = Arc::new(AtomicU64::new(0));
+    let progress = Arc::new(progress);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..concurrency.max(1) {
+        let (target, next, progress) = (target.clone(), next.clone(), progress.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut rng = ChaCha8Rng::seed_from_u64(w as u64);
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= records {
+                    return Ok::<(), TargetError>(());
+                }
+                let mut attempts = 0;
+                loop {
+                    match target
+                        .update(&key_name(i), value_for(&mut rng, value_size))
+                        .await
+                    {
+                        Ok(()) => break,
+                        Err(e) if attempts < 5 => {
+                            attempts += 1;
+                            tracing::debug!(error = %e, "load write failed; retrying");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                progress(i + 1);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(|e| TargetError::Other(e.to_string()))??;
+    }
+    Ok(started.elapsed())
+}
+
+/// Runs one workload against `target`. `progress` is told the operations done so far.
+pub async fn run(
+    target: Arc<dyn Target>,
+    config: Config,
+    progress: impl Fn(u64) + Send + Sync + 'static,
+) -> Report {
+    let recorder = Arc::new(Mutex::new(Recorder {
+        read: histogram(),
+        update: histogram(),
+        read_errors: 0,
+        update_errors: 0,
+    }));
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let chooser = Arc::new(KeyChooser::new(config.distribution, config.records));
+    let progress = Arc::new(progress);
+    let started = Instant::now();
+    let deadline = started + config.duration;
+
+    let one = {
+        let (target, recorder, chooser, done, progress) = (
+            target.clone(),
+            recorder.clone(),
+            chooser.clone(),
+            done.clone(),
+            progress.clone(),
+        );
+        let cfg = config.clone();
+        move |rng: &mut ChaCha8Rng, scheduled: Instant| {
+            let is_read = rng.random_bool(cfg.workload.read_fraction());
+            let key = key_name(chooser.next(rng));
+            let value = if is_read {
+                Bytes::new()
+            } else {
+                value_for(rng, cfg.value_size)
+            };
+            let (target, recorder, done, progress) = (
+                target.clone(),
+                recorder.clone(),
+                done.clone(),
+                progress.clone(),
+            );
+            async move {
+                let result = if is_read {
+                    target.read(&key).await
+                } else {
+                    target.update(&key, value).await
+                };
+                let micros = scheduled.elapsed().as_micros().max(1) as u64;
+                {
+                    let mut guard = recorder.lock();
+                    let r = &mut *guard;
+                    let (hist, errors) = if is_read {
+                        (&mut r.read, &mut r.read_errors)
+                    } else {
+                        (&mut r.update, &mut r.update_errors)
+                    };
+                    match result {
+                        Ok(()) => {
+                            let _ = hist.record(micros.min(60_000_000));
+                        }
+                        Err(_) => *errors += 1,
+                    }
+                }
+                let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+                progress(n);
+            }
+        }
+    };
+
+    match config.rate {
+        None => {
+            let mut workers = Vec::new();
+            for w in 0..config.concurrency.max(1) {
+                let one = one.clone();
+                let (done, stop) = (done.clone(), stop.clone());
+                let (seed, max_ops) = (config.seed, config.max_ops);
+                workers.push(tokio::spawn(async move {
+                    let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_add(w as u64 * 7919));
+                    while Instant::now() < deadline
+                        && done.load(Ordering::Relaxed) < max_ops
+                        && !stop.load(Ordering::Relaxed)
+                    {
+                        one(&mut rng, Instant::now()).await;
+                    }
+                }));
+            }
+            for w in workers {
+                let _ = w.await;
+            }
+        }
+        Some(rate) => {
+            // Ops are started at their scheduled times; at most `concurrency * 64` may be
+            // outstanding so an overloaded target cannot exhaust memory (they then queue,
+            // and the queueing time is part of their latency).
+            let limit = Arc::new(tokio::sync::Semaphore::new(config.concurrency.max(1) * 64));
+            let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+            let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+            let mut handles = Vec::new();
+            let mut i: u64 = 0;
+            loop {
+                let scheduled = started + interval.mul_f64(i as f64);
+                if scheduled >= deadline || i >= config.max_ops {
+                    break;
+                }
+                tokio::time::sleep_until(scheduled.into()).await;
+                let Ok(permit) = limit.clone().acquire_owned().await else {
+                    break;
+                };
+                let fut = one(&mut rng, scheduled);
+                handles.push(tokio::spawn(async move {
+                    fut.await;
+                    drop(permit);
+                }));
+                i += 1;
+                if handles.len() > 4096 {
+                    handles.retain(|h| !h.is_finished());
+                }
+            }
+            for h in handles {
+                let _ = h.await;
+            }
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let r = recorder.lock();
+    let mut all = r.read.clone();
+    let _ = all.add(&r.update);
+    let errors = r.read_errors + r.update_errors;
+    let ok = all.len();
+    Report {
+        target: target.name(),
+        config,
+        elapsed_s: elapsed,
+        ops: ok + errors,
+        errors,
+        throughput_ops_s: ok as f64 / elapsed.max(1e-9),
+        read: stats(&r.read, r.read_errors),
+        update: stats(&r.update, r.update_errors),
+        all: stats(&all, errors),
+    }
+}
+
+/// The report as a human-readable table.
+pub fn table(reports: &[Report]) -> String {
+    let mut out = String::from(
+        "target                     workload  rate       ops/s    p50 ms   p99 ms  p99.9 ms  errors\n",
+    );
+    for r in reports {
+        let rate = r
+            .config
+            .rate
+            .map_or("closed".to_string(), |r| r.to_string());
+        out.push_str(&format!(
+            "{:<26} {:<8} {:>6} {:>11.0} {:>9.3} {:>8.3} {:>9.3} {:>7}\n",
+            r.target,
+            format!("{:?}", r.config.workload).to_lowercase(),
+            rate,
+            r.throughput_ops_s,
+            r.all.p50_us as f64 / 1000.0,
+            r.all.p99_us as f64 / 1000.0,
+            r.all.p999_us as f64 / 1000.0,
+            r.errors
+        ));
+    }
+    out
+}

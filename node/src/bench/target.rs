@@ -1,0 +1,120 @@
+//! What the load generator drives: a store behind two operations.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use fnv::FnvHashMap;
+use parking_lot::Mutex;
+use thiserror::Error;
+
+use crate::cli::client::HttpClient;
+use crate::rpc::transport::BoxFuture;
+
+#[derive(Debug, Error)]
+pub enum TargetError {
+    #[error("the store answered {status}: {body}")]
+    Status { status: u16, body: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+pub trait Target: Send + Sync + 'static {
+    fn name(&self) -> String;
+    fn read<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), TargetError>>;
+    /// Writes `value` as the key's new value.
+    fn update<'a>(&'a self, key: &'a str, value: Bytes) -> BoxFuture<'a, Result<(), TargetError>>;
+}
+
+/// dynamo-rs over its HTTP API, spreading requests over the members round-robin. Like a
+/// real client it remembers the last context it saw per key and writes with it, so
+/// updates replace what the client read instead of piling up siblings.
+pub struct DynamoTarget {
+    clients: Vec<HttpClient>,
+    next: AtomicUsize,
+    contexts: Vec<Mutex<FnvHashMap<String, String>>>,
+    label: String,
+}
+
+const SHARDS: usize = 64;
+
+impl DynamoTarget {
+    pub fn new(endpoints: &[String], label: &str, token: Option<String>) -> Arc<DynamoTarget> {
+        Arc::new(DynamoTarget {
+            clients: endpoints
+                .iter()
+                .map(|e| HttpClient::new(e, token.clone(), Duration::from_secs(10)))
+                .collect(),
+            next: AtomicUsize::new(0),
+            contexts: (0..SHARDS)
+                .map(|_| Mutex::new(FnvHashMap::default()))
+                .collect(),
+            label: label.to_string(),
+        })
+    }
+
+    fn client(&self) -> &HttpClient {
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        &self.clients[i % self.clients.len()]
+    }
+
+    fn shard(&self, key: &str) -> &Mutex<FnvHashMap<String, String>> {
+        &self.contexts[(xxhash_rust::xxh3::xxh3_64(key.as_bytes()) % SHARDS as u64) as usize]
+    }
+
+    fn remember(&self, key: &str, context: Option<&str>) {
+        if let Some(c) = context {
+            self.shard(key)
+                .lock()
+                .insert(key.to_string(), c.to_string());
+        }
+    }
+}
+
+impl Target for DynamoTarget {
+    fn name(&self) -> String {
+        self.label.clone()
+    }
+
+    fn read<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), TargetError>> {
+        Box::pin(async move {
+            let r = self
+                .client()
+                .get(key, "")
+                .await
+                .map_err(|e| TargetError::Other(e.to_string()))?;
+            match r.status.as_u16() {
+                200 | 300 | 404 => {
+                    self.remember(key, r.header("x-dynamo-context"));
+                    Ok(())
+                }
+                status => Err(TargetError::Status {
+                    status,
+                    body: r.text(),
+                }),
+            }
+        })
+    }
+
+    fn update<'a>(&'a self, key: &'a str, value: Bytes) -> BoxFuture<'a, Result<(), TargetError>> {
+        Box::pin(async move {
+            let context = self.shard(key).lock().get(key).cloned();
+            let r = self
+                .client()
+                .put(key, value, context.as_deref(), "")
+                .await
+                .map_err(|e| TargetError::Other(e.to_string()))?;
+            match r.status.as_u16() {
+                204 => {
+                    self.remember(key, r.header("x-dynamo-context"));
+                    Ok(())
+                }
+                status => Err(TargetError::Status {
+                    status,
+                    body: r.text(),
+                }),
+            }
+        })
+    }
+}

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what the tests need on a fresh machine (idempotent; quick when done).
+# Tools that need more (Docker, Kubernetes binaries) are installed by the scripts that
+# use them: e2e/docker-up.sh, e2e/apiserver/build.sh, e2e/local-cluster/up.sh.
+set -euo pipefail
+
+need_apt=()
+for tool in curl jq git; do
+  command -v "$tool" >/dev/null 2>&1 || need_apt+=("$tool")
+done
+if [ "${#need_apt[@]}" -gt 0 ]; then
+  echo "setup: installing ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need_apt[@]}"
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup: Rust (cargo) is required; install it with rustup" >&2
+  exit 1
+fi
+for component in rustfmt clippy; do
+  if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
+    echo "setup: adding the $component component"
+    rustup component add "$component"
+  fi
+done
+echo "setup: ok ($(cargo --version))"

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Runs every test of dynamo-rs, installing what they need first. Exits non-zero on the
+# first failure. See docs/testing.md for what each stage covers and how to run one alone.
+#
+#   scripts/test.sh            everything
+#   scripts/test.sh --rust     only the Rust stages (format, lint, unit, property,
+#                              real-process and simulation tests)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+only_rust=false
+[ "${1:-}" = "--rust" ] && only_rust=true
+
+started=$(date +%s)
+stage() {
+  echo
+  echo "=== $* ($(( $(date +%s) - started )) s) ==="
+}
+
+stage "setup"
+bash scripts/setup.sh
+
+stage "format"
+cargo fmt --all -- --check
+
+stage "lint (clippy, warnings are errors)"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+stage "unit, property, real-process and simulation tests"
+cargo test --workspace --all-features --no-fail-fast
+
+if $only_rust; then
+  stage "done (Rust stages only)"
+  exit 0
+fi
+
+stage "done"
