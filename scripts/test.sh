@@ -29,9 +29,16 @@ cargo clippy --workspace --all-targets --all-features -- -D warnings
 stage "unit, property, real-process and simulation tests"
 cargo test --workspace --all-features --no-fail-fast
 
+stage "operator driving real member processes"
+DYNAMO_NODE_BIN="$PWD/target/debug/dynamo" cargo test -p dynamo-operator --test nodes
+
 if $only_rust; then
   stage "done (Rust stages only)"
   exit 0
 fi
+
+stage "operator against a real Kubernetes API server (etcd, kube-apiserver, kube-controller-manager v1.34)"
+bash e2e/apiserver/build.sh
+bash e2e/apiserver/operator-test.sh
 
 stage "done"

@@ -39,6 +39,14 @@ else
 fi
 
 cd "$REPO_ROOT"
+# The CRD and the example manifest as users apply them: through kubectl, whose YAML 1.1
+# parser turns a bare `n:` key into `false`.
+k apply --server-side -f crds/dynamocluster.yaml >/dev/null
+k wait --for=condition=Established --timeout=60s crd/dynamoclusters.dynamo.dev >/dev/null
+n_type="$(k get crd dynamoclusters.dynamo.dev -o jsonpath='{.spec.versions[0].schema.openAPIV3Schema.properties.spec.properties.replication.properties.n.type}')"
+[ "$n_type" = integer ] || { echo "replication.n did not survive kubectl apply of the CRD (got '$n_type')" >&2; exit 1; }
+k apply --dry-run=server -f e2e/manifests/dynamocluster.yaml >/dev/null
+log "ok: CRD and example manifest accepted through kubectl"
 # The operator runs as its ServiceAccount with the shipped RBAC, not as admin.
 k apply -f operator/deploy/rbac.yaml >/dev/null
 token="$(k -n dynamo-system create token dynamo-operator --duration=2h)"
