@@ -266,6 +266,7 @@ impl Node {
             tokio::spawn(follow_views(node.clone(), shutdown_rx.clone())),
             tokio::spawn(handoff.run(shutdown_rx.clone())),
             tokio::spawn(antientropy.run(shutdown_rx.clone())),
+            tokio::spawn(report_storage(node.clone(), shutdown_rx.clone())),
         ];
         node.tasks.lock().append(&mut tasks);
         tracing::info!(member = %config.id, http = %node.http_addr, peer = %node.peer_addr, generation, "member started");
@@ -342,6 +343,20 @@ async fn follow_views(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
         node.metrics
             .partitions_replicated
             .set(view.current().replicated_by(me, view.settings.n).len() as i64);
+    }
+}
+
+/// Keeps the storage gauges current.
+async fn report_storage(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let keys: u64 = node.store.populated_partitions().iter().map(|(_, _, k)| k).sum();
+        node.metrics.storage_keys.set(keys as i64);
+        node.metrics.storage_bytes.set(node.store.size_bytes() as i64);
+        node.metrics.hints_pending.set(node.store.hint_counts().values().sum::<u64>() as i64);
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+            _ = shutdown.changed() => return,
+        }
     }
 }
 
