@@ -19,8 +19,10 @@
 //!   exits without closing anything), so reopening it measures crash recovery; reads, scans
 //!   and disk space are then measured on the recovered engine.
 //!
-//! `ENGINE_KEYS=<n>` changes the data set size (default 200000), `ENGINE_SCALE=<f>` scales
-//! the write counts (default 1).
+//! The whole suite runs `ENGINE_RUNS` times (default 3; about 1.5 minutes each on a
+//! 2-core VM) and the table shows the median and every run's value. `ENGINE_KEYS=<n>`
+//! changes the data set size (default 200000), `ENGINE_SCALE=<f>` scales the write counts
+//! (default 1).
 
 use std::fmt::Write as _;
 use std::ops::Bound;
@@ -58,7 +60,7 @@ const TABLES: [Bin; 3] = [
     TableDefinition::new("meta"),
 ];
 
-fn table(space: Space) -> Bin {
+fn table_of(space: Space) -> Bin {
     TABLES[space as usize]
 }
 
@@ -95,7 +97,7 @@ impl RedbEngine {
 impl Engine for RedbEngine {
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         let tx = self.db.begin_read().map_err(redb_err)?;
-        let t = tx.open_table(table(space)).map_err(redb_err)?;
+        let t = tx.open_table(table_of(space)).map_err(redb_err)?;
         Ok(t.get(key).map_err(redb_err)?.map(|v| v.value().to_vec()))
     }
 
@@ -136,7 +138,7 @@ impl Engine for RedbEngine {
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
         let tx = self.db.begin_read().map_err(redb_err)?;
-        let t = tx.open_table(table(space)).map_err(redb_err)?;
+        let t = tx.open_table(table_of(space)).map_err(redb_err)?;
         let range: (Bound<&[u8]>, Bound<&[u8]>) = (
             Bound::Included(start),
             end.map_or(Bound::Unbounded, Bound::Excluded),
@@ -389,13 +391,81 @@ fn main() -> Result<()> {
 
     let keys = env_f64("ENGINE_KEYS", 200_000.0) as u64;
     let scale = env_f64("ENGINE_SCALE", 1.0);
-    let count = |n: f64| ((n * scale) as u64).max(1);
-    let mut rows: Vec<Row> = Vec::new();
+    let runs = env_f64("ENGINE_RUNS", 3.0).max(1.0) as usize;
     println!(
-        "engine_compare: fjall 3 vs redb 4 through dynamo::storage::Engine; Q = {Q}, records {} bytes, cache {} MiB",
+        "engine_compare: fjall 3 vs redb 4 through dynamo::storage::Engine; Q = {Q}, records {} bytes, cache {} MiB, {runs} runs",
         record(&mut ChaCha8Rng::seed_from_u64(0), 1).len(),
         CACHE_BYTES >> 20
     );
+    let mut all: Vec<Vec<Row>> = Vec::new();
+    for run in 1..=runs {
+        eprintln!("run {run} of {runs}");
+        all.push(run_once(keys, scale)?);
+    }
+    print!("{}", table(&all));
+    Ok(())
+}
+
+/// Median of each engine's value over the runs, the per-run values, and the latency notes
+/// of the median run.
+fn table(all: &[Vec<Row>]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\n| measurement | fjall (median) | redb (median) | redb / fjall | fjall runs | redb runs | fjall detail (median run) | redb detail (median run) |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---|---|---|---|");
+    let Some(first) = all.first() else {
+        return out;
+    };
+    for (i, r) in first.iter().enumerate() {
+        let mut med = [0.0; 2];
+        let mut runs_txt: [String; 2] = Default::default();
+        let mut notes: [String; 2] = Default::default();
+        for e in 0..2 {
+            let mut vals: Vec<(f64, usize)> = all
+                .iter()
+                .enumerate()
+                .map(|(k, rows)| (rows[i].v[e], k))
+                .collect();
+            runs_txt[e] = vals
+                .iter()
+                .map(|(v, _)| fmt_num(*v))
+                .collect::<Vec<_>>()
+                .join(" / ");
+            vals.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let (m, k) = vals[vals.len() / 2];
+            med[e] = m;
+            notes[e] = all[k][i].note[e].clone();
+        }
+        let ratio = med[1] / med[0];
+        let better = if (ratio > 1.0) == r.higher_better {
+            "redb"
+        } else {
+            "fjall"
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} {} | {} {} | {:.2} ({} better) | {} | {} | {} | {} |",
+            r.what,
+            fmt_num(med[0]),
+            r.unit,
+            fmt_num(med[1]),
+            r.unit,
+            ratio,
+            better,
+            runs_txt[0],
+            runs_txt[1],
+            notes[0],
+            notes[1]
+        );
+    }
+    out
+}
+
+fn run_once(keys: u64, scale: f64) -> Result<Vec<Row>> {
+    let count = |n: f64| ((n * scale) as u64).max(1);
+    let mut rows: Vec<Row> = Vec::new();
 
     // (a) group-committed writes with fsync, (b) without.
     let write_cases: [(&str, usize, bool, u64); 5] = [
@@ -597,36 +667,7 @@ fn main() -> Result<()> {
         drop(engine);
     }
     rows.extend([load, recover, reads, scans, disk, reopen]);
-
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "\n| measurement | fjall | redb | redb / fjall | fjall detail | redb detail |"
-    );
-    let _ = writeln!(out, "|---|---:|---:|---:|---|---|");
-    for r in &rows {
-        let ratio = r.v[1] / r.v[0];
-        let better = if (ratio > 1.0) == r.higher_better {
-            "redb"
-        } else {
-            "fjall"
-        };
-        let _ = writeln!(
-            out,
-            "| {} | {} {} | {} {} | {:.2} ({} better) | {} | {} |",
-            r.what,
-            fmt_num(r.v[0]),
-            r.unit,
-            fmt_num(r.v[1]),
-            r.unit,
-            ratio,
-            better,
-            r.note[0],
-            r.note[1]
-        );
-    }
-    print!("{out}");
-    Ok(())
+    Ok(rows)
 }
 
 fn fmt_num(v: f64) -> String {

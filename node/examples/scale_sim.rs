@@ -177,7 +177,7 @@ async fn gossip_run(n: usize, seed: u64, v1: &ClusterView, v2: &ClusterView) -> 
         let rpc = RpcClient::new(
             env.clone(),
             st.id.clone(),
-            config.cluster_token.as_bytes(),
+            config.cluster_secrets(),
             Duration::from_secs(1),
             metrics.clone(),
         );
@@ -256,6 +256,36 @@ async fn gossip_run(n: usize, seed: u64, v1: &ClusterView, v2: &ClusterView) -> 
     })
 }
 
+/// Reference model, not node code: synchronous push-pull rounds (every member contacts one
+/// uniformly random peer at once, and a contact informs both sides if either side was
+/// informed at the start of the round). Returns rounds until all `n` are informed.
+fn synchronous_push_pull(n: usize, seed: u64) -> u32 {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut informed = vec![false; n];
+    informed[0] = true;
+    let mut count = 1;
+    let mut rounds = 0;
+    while count < n {
+        let before = informed.clone();
+        for a in 0..n {
+            let mut b = rng.random_range(0..n - 1);
+            if b >= a {
+                b += 1;
+            }
+            if before[a] || before[b] {
+                for x in [a, b] {
+                    if !informed[x] {
+                        informed[x] = true;
+                        count += 1;
+                    }
+                }
+            }
+        }
+        rounds += 1;
+    }
+    rounds
+}
+
 fn gossip(sizes: &[u64], seeds: u64) -> Result<()> {
     println!("## 1. Gossip: rounds until a new cluster view reaches every member\n");
     println!(
@@ -264,9 +294,9 @@ fn gossip(sizes: &[u64], seeds: u64) -> Result<()> {
          {seeds} seeds per size; the change is a leave planned by the claimant (view with base + target ring).\n"
     );
     println!(
-        "| members n | Q | log2 n | rounds mean | rounds min | rounds max | view bytes | members with the view after each round (seed 1) |"
+        "| members n | Q | log2 n | rounds mean | rounds min | rounds max | synchronous model mean (max) | view bytes | members with the view after each round (seed 1) |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---|");
+    println!("|---:|---:|---:|---:|---:|---:|---|---:|---|");
     let mut bytes_rows = Vec::new();
     for &n in sizes {
         let n = n as usize;
@@ -300,12 +330,15 @@ fn gossip(sizes: &[u64], seeds: u64) -> Result<()> {
             spreading_rounds += u64::from(run.rounds);
         }
         let mean = rounds.iter().map(|&r| f64::from(r)).sum::<f64>() / rounds.len() as f64;
+        let model: Vec<u32> = (1..=200).map(|s| synchronous_push_pull(n, s)).collect();
         println!(
-            "| {n} | {} | {:.2} | {mean:.1} | {} | {} | {view_bytes} | {} |",
+            "| {n} | {} | {:.2} | {mean:.1} | {} | {} | {:.1} ({}) | {view_bytes} | {} |",
             v2.settings.partitions,
             (n as f64).log2(),
             rounds.iter().min().copied().unwrap_or(0),
             rounds.iter().max().copied().unwrap_or(0),
+            model.iter().map(|&r| f64::from(r)).sum::<f64>() / model.len() as f64,
+            model.iter().max().copied().unwrap_or(0),
             curve0
                 .iter()
                 .map(|k| k.to_string())
@@ -327,7 +360,7 @@ fn gossip(sizes: &[u64], seeds: u64) -> Result<()> {
          spreading: the rounds while the new view travels.\n"
     );
     println!(
-        "| n | phase | digest B / exchange | delta B / exchange | push B / exchange | per member per round | per member per second at 1 s interval |"
+        "| n | phase | digest B / exchange | delta B / exchange | push B / exchange | per member per round | whole cluster per round |"
     );
     println!("|---:|---|---:|---:|---:|---:|---:|");
     for (n, steady, sr, spreading, pr) in bytes_rows {
@@ -335,12 +368,12 @@ fn gossip(sizes: &[u64], seeds: u64) -> Result<()> {
             let per_ex = |x: u64| x as f64 / b.exchanges.max(1) as f64;
             let per_member_round = b.total() as f64 / (n as f64 * rounds.max(1) as f64);
             println!(
-                "| {n} | {phase} | {:.0} | {:.0} | {:.0} | {} | {}/s |",
+                "| {n} | {phase} | {:.0} | {:.0} | {:.0} | {} | {} |",
                 per_ex(b.digest),
                 per_ex(b.delta),
                 per_ex(b.push),
                 human(per_member_round),
-                human(per_member_round),
+                human(per_member_round * n as f64),
             );
         }
     }
@@ -439,37 +472,43 @@ fn planning(n: usize, qs: &[u64]) -> Result<()> {
 const LB_MEMBERS: usize = 30;
 const LB_N: usize = 3;
 const LB_KEYS: usize = 1_000_000;
-const ZIPF_S: f64 = 1.0;
+/// Popularities: zipf with these exponents (key `i` has rank `i + 1`), then uniform.
+const ZIPF_S: [f64; 2] = [1.0, 0.8];
+const POPS: usize = ZIPF_S.len() + 1;
 
 struct Workload {
     hashes: Vec<u64>,
-    /// Request probability of each key: zipfian and uniform.
-    zipf: Vec<f64>,
-    uniform: f64,
+    /// Request probability of each key under each popularity.
+    prob: [Vec<f64>; POPS],
+}
+
+fn zipf(s: f64) -> Vec<f64> {
+    let raw: Vec<f64> = (0..LB_KEYS)
+        .map(|i| 1.0 / ((i + 1) as f64).powf(s))
+        .collect();
+    let sum: f64 = raw.iter().sum();
+    raw.into_iter().map(|x| x / sum).collect()
 }
 
 fn workload() -> Workload {
     let hashes: Vec<u64> = (0..LB_KEYS)
         .map(|i| key_hash(format!("user{i:08}").as_bytes()))
         .collect();
-    let raw: Vec<f64> = (0..LB_KEYS)
-        .map(|i| 1.0 / ((i + 1) as f64).powf(ZIPF_S))
-        .collect();
-    let sum: f64 = raw.iter().sum();
     Workload {
         hashes,
-        zipf: raw.into_iter().map(|x| x / sum).collect(),
-        uniform: 1.0 / LB_KEYS as f64,
+        prob: [
+            zipf(ZIPF_S[0]),
+            zipf(ZIPF_S[1]),
+            vec![1.0 / LB_KEYS as f64; LB_KEYS],
+        ],
     }
 }
 
-/// Efficiency (mean / max) of (replica load, coordinator load) under both popularities.
+/// Efficiency (mean / max) of (replica load, coordinator load) per popularity.
 #[derive(Clone, Copy, Default)]
 struct Eff {
-    zipf_replica: f64,
-    zipf_coord: f64,
-    uni_replica: f64,
-    uni_coord: f64,
+    replica: [f64; POPS],
+    coord: [f64; POPS],
 }
 
 fn efficiency(loads: &[f64]) -> f64 {
@@ -480,28 +519,26 @@ fn efficiency(loads: &[f64]) -> f64 {
 
 /// Loads when `prefs(hash)` gives a key's replicas (coordinator first).
 fn measure(w: &Workload, prefs: impl Fn(u64) -> [u16; LB_N]) -> Eff {
-    let mut zr = vec![0.0; LB_MEMBERS];
-    let mut zc = vec![0.0; LB_MEMBERS];
-    let mut ur = vec![0.0; LB_MEMBERS];
-    let mut uc = vec![0.0; LB_MEMBERS];
+    let mut replica = vec![[0.0; POPS]; LB_MEMBERS];
+    let mut coord = vec![[0.0; POPS]; LB_MEMBERS];
     for (i, &h) in w.hashes.iter().enumerate() {
         let p = prefs(h);
         for (j, &m) in p.iter().enumerate() {
             let m = usize::from(m);
-            zr[m] += w.zipf[i];
-            ur[m] += w.uniform;
-            if j == 0 {
-                zc[m] += w.zipf[i];
-                uc[m] += w.uniform;
+            for k in 0..POPS {
+                replica[m][k] += w.prob[k][i];
+                if j == 0 {
+                    coord[m][k] += w.prob[k][i];
+                }
             }
         }
     }
-    Eff {
-        zipf_replica: efficiency(&zr),
-        zipf_coord: efficiency(&zc),
-        uni_replica: efficiency(&ur),
-        uni_coord: efficiency(&uc),
+    let mut e = Eff::default();
+    for k in 0..POPS {
+        e.replica[k] = efficiency(&replica.iter().map(|l| l[k]).collect::<Vec<_>>());
+        e.coord[k] = efficiency(&coord.iter().map(|l| l[k]).collect::<Vec<_>>());
     }
+    e
 }
 
 /// Strategy 1: each member takes `t` random tokens; a key belongs to the first `N`
@@ -587,38 +624,33 @@ impl Agg {
         Agg {
             sum: Eff::default(),
             min: Eff {
-                zipf_replica: 1.0,
-                zipf_coord: 1.0,
-                uni_replica: 1.0,
-                uni_coord: 1.0,
+                replica: [1.0; POPS],
+                coord: [1.0; POPS],
             },
             runs: 0,
         }
     }
     fn add(&mut self, e: Eff) {
-        self.sum.zipf_replica += e.zipf_replica;
-        self.sum.zipf_coord += e.zipf_coord;
-        self.sum.uni_replica += e.uni_replica;
-        self.sum.uni_coord += e.uni_coord;
-        self.min.zipf_replica = self.min.zipf_replica.min(e.zipf_replica);
-        self.min.zipf_coord = self.min.zipf_coord.min(e.zipf_coord);
-        self.min.uni_replica = self.min.uni_replica.min(e.uni_replica);
-        self.min.uni_coord = self.min.uni_coord.min(e.uni_coord);
+        for k in 0..POPS {
+            self.sum.replica[k] += e.replica[k];
+            self.sum.coord[k] += e.coord[k];
+            self.min.replica[k] = self.min.replica[k].min(e.replica[k]);
+            self.min.coord[k] = self.min.coord[k].min(e.coord[k]);
+        }
         self.runs += 1;
     }
     fn cells(&self) -> String {
         let r = f64::from(self.runs.max(1));
-        format!(
-            "{:.3} ({:.3}) | {:.3} ({:.3}) | {:.3} ({:.3}) | {:.3} ({:.3})",
-            self.sum.zipf_replica / r,
-            self.min.zipf_replica,
-            self.sum.zipf_coord / r,
-            self.min.zipf_coord,
-            self.sum.uni_replica / r,
-            self.min.uni_replica,
-            self.sum.uni_coord / r,
-            self.min.uni_coord,
-        )
+        let mut cells = Vec::new();
+        for k in 0..POPS {
+            for (sum, min) in [
+                (self.sum.replica[k], self.min.replica[k]),
+                (self.sum.coord[k], self.min.coord[k]),
+            ] {
+                cells.push(format!("{:.3} ({:.3})", sum / r, min));
+            }
+        }
+        cells.join(" | ")
     }
 }
 
@@ -627,16 +659,19 @@ fn load_balancing(seeds: u64) -> Result<()> {
         "## 3. Load-balancing efficiency (Dynamo §6.2): {LB_MEMBERS} members, N = {LB_N}, {LB_KEYS} keys\n"
     );
     let w = workload();
-    let top = w.zipf.first().copied().unwrap_or(0.0);
+    let top = w.prob[0].first().copied().unwrap_or(0.0);
+    let top08 = w.prob[1].first().copied().unwrap_or(0.0);
     println!(
         "Efficiency = mean load / max load over members (1 = perfect). Replica load: the \
          popularity of the keys a member replicates (N replicas each); coordinator load: of \
-         the keys it is first replica of. Zipf s = {ZIPF_S} over {LB_KEYS} keys (the hottest \
-         key alone draws {:.2} % of requests); uniform for comparison. Mean over {seeds} seeds, \
+         the keys it is first replica of. Zipf s = 1 over {LB_KEYS} keys (the hottest \
+         key alone draws {:.2} % of requests), zipf s = 0.8 (hottest {:.2} %) and uniform, \
+         to separate placement from hot keys. Mean over {seeds} seeds, \
          worst seed in brackets. Metadata: what every member must know to route, 8-byte \
          token + 2-byte member index per token (strategy 1) vs a 2-byte member index per \
          partition (strategy 3; postcard size of our `Ring` in brackets).\n",
-        100.0 * top
+        100.0 * top,
+        100.0 * top08
     );
     // The hottest key alone puts `top` on its coordinator, whatever the placement.
     let mean_coord = 1.0 / LB_MEMBERS as f64;
@@ -650,9 +685,9 @@ fn load_balancing(seeds: u64) -> Result<()> {
         100.0 * LB_N as f64 / LB_MEMBERS as f64,
     );
     println!(
-        "| strategy | tokens or partitions | metadata | zipf replica | zipf coordinator | uniform replica | uniform coordinator |"
+        "| strategy | tokens or partitions | metadata | zipf 1 replica | zipf 1 coordinator | zipf 0.8 replica | zipf 0.8 coordinator | uniform replica | uniform coordinator |"
     );
-    println!("|---|---:|---|---|---|---|---|");
+    println!("|---|---:|---|---|---|---|---|---|---|");
     for t in [1usize, 4, 16, 64, 128] {
         let mut agg = Agg::new();
         for seed in 1..=seeds {

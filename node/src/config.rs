@@ -26,8 +26,29 @@ pub enum ConfigError {
     MaxSiblings,
     #[error("member id {0:?} must be 1-63 characters of [a-zA-Z0-9._-]")]
     MemberId(String),
-    #[error("the cluster token must be at least 16 characters")]
+    #[error("tokens must be at least 16 characters")]
     WeakToken,
+}
+
+/// A secret (token) whose `Debug` output never shows it, so it cannot leak into logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+
+    /// The secret itself: only for authenticating, never for printing.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 /// Largest replication factor accepted.
@@ -126,6 +147,10 @@ impl Default for FailureDetector {
 pub struct Limits {
     pub max_key_bytes: usize,
     pub max_value_bytes: usize,
+    /// Client requests processed at once; more are refused with a retryable 503.
+    pub max_inflight_requests: usize,
+    /// Open HTTP connections; more are closed on accept.
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
@@ -133,6 +158,8 @@ impl Default for Limits {
         Limits {
             max_key_bytes: 1024,
             max_value_bytes: 1 << 20,
+            max_inflight_requests: 1024,
+            max_connections: 4096,
         }
     }
 }
@@ -157,10 +184,13 @@ pub struct NodeConfig {
     pub seeds: Vec<String>,
     /// Create a new cluster with this member alone if it has no ring yet.
     pub bootstrap: bool,
-    /// Shared secret: authenticates member connections and admin API calls.
-    pub cluster_token: String,
-    /// When set, client API calls need this bearer token.
-    pub client_token: Option<String>,
+    /// Shared secret: authenticates member connections and admin API calls. Members prove
+    /// knowledge of this one.
+    pub cluster_token: Secret,
+    /// Further cluster tokens accepted from others (during a rotation).
+    pub accepted_cluster_tokens: Vec<Secret>,
+    /// When not empty, client API calls need one of these bearer tokens.
+    pub client_tokens: Vec<Secret>,
     /// Used only when this member bootstraps the cluster.
     pub settings: ClusterSettings,
     pub limits: Limits,
@@ -182,6 +212,14 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
+    /// Every cluster token this member accepts, the one it proves first.
+    pub fn cluster_secrets(&self) -> Vec<Vec<u8>> {
+        std::iter::once(&self.cluster_token)
+            .chain(&self.accepted_cluster_tokens)
+            .map(|t| t.expose().as_bytes().to_vec())
+            .collect()
+    }
+
     /// A configuration for tests and the dev cluster: loopback addresses, short intervals.
     pub fn for_local(id: &str, http_port: u16, peer_port: u16, data_dir: PathBuf) -> NodeConfig {
         NodeConfig {
@@ -196,8 +234,9 @@ impl NodeConfig {
             cache_bytes: 64 << 20,
             seeds: Vec::new(),
             bootstrap: false,
-            cluster_token: "dev-cluster-token-change-me".into(),
-            client_token: None,
+            cluster_token: Secret::new("dev-cluster-token-change-me"),
+            accepted_cluster_tokens: Vec::new(),
+            client_tokens: Vec::new(),
             settings: ClusterSettings::default(),
             limits: Limits::default(),
             gossip_interval: Duration::from_secs(1),
@@ -215,7 +254,11 @@ impl NodeConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         validate_member_id(self.id.as_str())?;
         self.settings.validate()?;
-        if self.cluster_token.len() < 16 {
+        if std::iter::once(&self.cluster_token)
+            .chain(&self.accepted_cluster_tokens)
+            .chain(&self.client_tokens)
+            .any(|t| t.expose().len() < 16)
+        {
             return Err(ConfigError::WeakToken);
         }
         Ok(())
@@ -242,6 +285,14 @@ mod tests {
             ..Default::default()
         };
         assert!(matches!(bad_q.validate(), Err(ConfigError::Ring(_))));
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let c = NodeConfig::for_local("a", 1, 2, "/tmp".into());
+        let printed = format!("{c:?}");
+        assert!(!printed.contains("dev-cluster-token"), "{printed}");
+        assert!(printed.contains("<redacted>"));
     }
 
     #[test]

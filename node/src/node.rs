@@ -78,6 +78,8 @@ pub struct Node {
     /// Addresses actually bound (differ from the configuration when it asked for port 0).
     pub http_addr: String,
     pub peer_addr: String,
+    /// Client requests allowed in flight (see `Limits::max_inflight_requests`).
+    pub request_permits: Arc<tokio::sync::Semaphore>,
     shutdown: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -182,7 +184,7 @@ impl Node {
         let rpc = RpcClient::new(
             env.clone(),
             config.id.clone(),
-            config.cluster_token.as_bytes(),
+            config.cluster_secrets(),
             config.replica_timeout,
             metrics.clone(),
         );
@@ -240,6 +242,9 @@ impl Node {
             generation,
             http_addr,
             peer_addr,
+            request_permits: Arc::new(tokio::sync::Semaphore::new(
+                config.limits.max_inflight_requests,
+            )),
             shutdown,
             tasks: Mutex::new(Vec::new()),
         });
@@ -247,7 +252,7 @@ impl Node {
         let ctx = ServerContext {
             env,
             me: config.id.clone(),
-            secret: config.cluster_token.as_bytes().into(),
+            secrets: Arc::new(config.cluster_secrets()),
             metrics,
         };
         let handler: Arc<dyn Handler> = Arc::new(PeerService {
@@ -349,10 +354,19 @@ async fn follow_views(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
 /// Keeps the storage gauges current.
 async fn report_storage(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
     loop {
-        let keys: u64 = node.store.populated_partitions().iter().map(|(_, _, k)| k).sum();
+        let keys: u64 = node
+            .store
+            .populated_partitions()
+            .iter()
+            .map(|(_, _, k)| k)
+            .sum();
         node.metrics.storage_keys.set(keys as i64);
-        node.metrics.storage_bytes.set(node.store.size_bytes() as i64);
-        node.metrics.hints_pending.set(node.store.hint_counts().values().sum::<u64>() as i64);
+        node.metrics
+            .storage_bytes
+            .set(node.store.size_bytes() as i64);
+        node.metrics
+            .hints_pending
+            .set(node.store.hint_counts().values().sum::<u64>() as i64);
         tokio::select! {
             _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
             _ = shutdown.changed() => return,

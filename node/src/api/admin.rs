@@ -109,7 +109,10 @@ pub async fn handle(
     req: Request<Incoming>,
     path: &str,
 ) -> Result<Response<Body>, ApiError> {
-    check_bearer(&req, &node.config.cluster_token, node, "admin")?;
+    let tokens: Vec<&crate::config::Secret> = std::iter::once(&node.config.cluster_token)
+        .chain(&node.config.accepted_cluster_tokens)
+        .collect();
+    check_bearer(&req, &tokens, node, "admin")?;
     let rest = path.trim_start_matches("/v1/cluster").trim_end_matches('/');
     match (req.method().clone(), rest) {
         (Method::GET, "/members") => {

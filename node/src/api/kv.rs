@@ -184,8 +184,9 @@ pub async fn handle(
     req: Request<Incoming>,
     raw_key: &str,
 ) -> Result<Response<Body>, ApiError> {
-    if let Some(token) = &node.config.client_token {
-        super::check_bearer(&req, token, node, "client")?;
+    if !node.config.client_tokens.is_empty() {
+        let tokens: Vec<&crate::config::Secret> = node.config.client_tokens.iter().collect();
+        super::check_bearer(&req, &tokens, node, "client")?;
     }
     let op_name = match *req.method() {
         Method::GET | Method::HEAD => "get",
@@ -249,7 +250,19 @@ async fn handle_op(
                 ));
             }
             let context = parse_context(&req)?;
-            let value = read_body(req.into_body(), limit).await?;
+            // A client that sends its body slowly cannot hold the request open forever.
+            let value = tokio::time::timeout(
+                node.config.request_timeout,
+                read_body(req.into_body(), limit),
+            )
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request_timeout",
+                    "the request body did not arrive in time",
+                )
+            })??;
             ClientOp::Put { value, context }
         }
         Method::DELETE => ClientOp::Delete {

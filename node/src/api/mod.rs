@@ -19,6 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::config::Secret;
 use crate::node::Node;
 use crate::rpc::transport::Listener;
 
@@ -110,7 +111,7 @@ pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, ApiError> 
 /// Checks `Authorization: Bearer <token>`; 401 when absent, 403 when wrong.
 pub fn check_bearer(
     req: &Request<Incoming>,
-    token: &str,
+    tokens: &[&Secret],
     node: &Node,
     api: &'static str,
 ) -> Result<(), ApiError> {
@@ -128,7 +129,13 @@ pub fn check_bearer(
                 "this endpoint needs an Authorization: Bearer token",
             ))
         }
-        Some(t) if constant_time_eq(t.trim().as_bytes(), token.as_bytes()) => Ok(()),
+        Some(t)
+            if tokens
+                .iter()
+                .any(|token| constant_time_eq(t.trim().as_bytes(), token.expose().as_bytes())) =>
+        {
+            Ok(())
+        }
         Some(_) => {
             node.metrics.auth_failures.with_label_values(&[api]).inc();
             Err(ApiError::new(
@@ -150,8 +157,22 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 async fn route(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     let result = if let Some(key) = path.strip_prefix("/v1/kv/") {
-        let key = key.to_string();
-        kv::handle(&node, req, &key).await
+        // Bounded work in flight: past the limit, shed load with a retryable 503 rather
+        // than queue without bound.
+        match node.request_permits.clone().try_acquire_owned() {
+            Ok(_permit) => {
+                let key = key.to_string();
+                kv::handle(&node, req, &key).await
+            }
+            Err(_) => {
+                node.metrics.rejected.with_label_values(&["overload"]).inc();
+                Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "overloaded",
+                    "too many requests in flight on this member; retry shortly",
+                ))
+            }
+        }
     } else if path == "/v1/kv" || path == "/v1/kv/" {
         Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -200,6 +221,9 @@ pub async fn serve(
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(256);
+    let connections = Arc::new(tokio::sync::Semaphore::new(
+        node.config.limits.max_connections,
+    ));
     loop {
         let (conn, _addr) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -211,6 +235,15 @@ pub async fn serve(
                 }
             },
             _ = shutdown.changed() => break,
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            // Over the connection limit: close at once (the client sees a reset and retries).
+            node.metrics
+                .rejected
+                .with_label_values(&["connections"])
+                .inc();
+            drop(conn);
+            continue;
         };
         let node = node.clone();
         let service = service_fn(move |req| {
@@ -225,6 +258,7 @@ pub async fn serve(
             if let Err(e) = watched.await {
                 tracing::debug!(error = %e, "HTTP connection ended with an error");
             }
+            drop(permit);
         });
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;

@@ -19,7 +19,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use http::StatusCode;
 
 use crate::clock::ConflictMode;
-use crate::config::{ClusterSettings, FailureDetector, Limits, NodeConfig, validate_member_id};
+use crate::config::{
+    ClusterSettings, FailureDetector, Limits, NodeConfig, Secret, validate_member_id,
+};
 use crate::env::Env;
 use crate::node::Node;
 use crate::storage::{Durability, FjallEngine};
@@ -167,9 +169,28 @@ pub struct NodeArgs {
     /// Read the cluster token from a file (e.g. a mounted Secret).
     #[arg(long, env = "DYNAMO_CLUSTER_TOKEN_FILE")]
     pub cluster_token_file: Option<PathBuf>,
-    /// When set, client API calls need `Authorization: Bearer <token>`.
-    #[arg(long, env = "DYNAMO_CLIENT_TOKEN", hide_env_values = true)]
-    pub client_token: Option<String>,
+    /// Further cluster tokens accepted from other members and admin callers, for a token
+    /// rotation (comma-separated). See docs/security.md.
+    #[arg(
+        long,
+        env = "DYNAMO_ACCEPT_CLUSTER_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub accept_cluster_tokens: Vec<String>,
+    /// Read further accepted cluster tokens from a file, one per line.
+    #[arg(long, env = "DYNAMO_ACCEPT_CLUSTER_TOKENS_FILE")]
+    pub accept_cluster_tokens_file: Option<PathBuf>,
+    /// When set, client API calls need `Authorization: Bearer <token>` with one of these
+    /// tokens (comma-separated).
+    #[arg(
+        long,
+        env = "DYNAMO_CLIENT_TOKEN",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub client_token: Vec<String>,
+    /// Read client tokens from a file, one per line.
     #[arg(long, env = "DYNAMO_CLIENT_TOKEN_FILE")]
     pub client_token_file: Option<PathBuf>,
     /// Partitions Q (power of two); used only when this member bootstraps a cluster.
@@ -194,6 +215,12 @@ pub struct NodeArgs {
     pub max_key_bytes: usize,
     #[arg(long, env = "DYNAMO_MAX_VALUE_BYTES", default_value_t = 1 << 20)]
     pub max_value_bytes: usize,
+    /// Client requests processed at once; more get a retryable 503 `overloaded`.
+    #[arg(long, env = "DYNAMO_MAX_INFLIGHT_REQUESTS", default_value_t = 1024)]
+    pub max_inflight_requests: usize,
+    /// Open HTTP connections; more are closed on accept.
+    #[arg(long, env = "DYNAMO_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
     #[arg(long, env = "DYNAMO_GOSSIP_INTERVAL_MS", default_value_t = 1000)]
     pub gossip_interval_ms: u64,
     /// Failure detector: phi-accrual, or a plain timeout.
@@ -440,15 +467,41 @@ fn read_secret(
     }
 }
 
+/// Tokens from a flag list plus a file with one per line.
+fn read_secret_list(values: &[String], file: Option<&PathBuf>, what: &str) -> Result<Vec<Secret>> {
+    let mut out: Vec<Secret> = values
+        .iter()
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty())
+        .map(Secret::new)
+        .collect();
+    if let Some(path) = file {
+        let s = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the {what} from {}", path.display()))?;
+        out.extend(
+            s.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(Secret::new),
+        );
+    }
+    Ok(out)
+}
+
 /// Builds a member's configuration from its flags.
 pub fn node_config(args: &NodeArgs) -> Result<NodeConfig> {
     let id = validate_member_id(&args.id)?;
     let cluster_token = read_secret(args.cluster_token.clone(), args.cluster_token_file.as_ref(), "cluster token")?
         .context("a cluster token is required: --cluster-token, --cluster-token-file or DYNAMO_CLUSTER_TOKEN")?;
-    let client_token = read_secret(
-        args.client_token.clone(),
+    let accepted_cluster_tokens = read_secret_list(
+        &args.accept_cluster_tokens,
+        args.accept_cluster_tokens_file.as_ref(),
+        "accepted cluster tokens",
+    )?;
+    let client_tokens = read_secret_list(
+        &args.client_token,
         args.client_token_file.as_ref(),
-        "client token",
+        "client tokens",
     )?;
     let failure_detector = match args.failure_detector {
         DetectorKind::Phi => FailureDetector::PhiAccrual {
@@ -483,8 +536,9 @@ pub fn node_config(args: &NodeArgs) -> Result<NodeConfig> {
             .filter(|s| !s.is_empty())
             .collect(),
         bootstrap: args.bootstrap,
-        cluster_token,
-        client_token,
+        cluster_token: Secret::new(cluster_token),
+        accepted_cluster_tokens,
+        client_tokens,
         settings: ClusterSettings {
             partitions: args.partitions,
             n: args.n,
@@ -496,6 +550,8 @@ pub fn node_config(args: &NodeArgs) -> Result<NodeConfig> {
         limits: Limits {
             max_key_bytes: args.max_key_bytes,
             max_value_bytes: args.max_value_bytes,
+            max_inflight_requests: args.max_inflight_requests.max(1),
+            max_connections: args.max_connections.max(1),
         },
         gossip_interval: Duration::from_millis(args.gossip_interval_ms.max(10)),
         failure_detector,

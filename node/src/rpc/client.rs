@@ -33,7 +33,8 @@ pub struct RpcClient {
 struct Inner {
     env: Env,
     me: MemberId,
-    secret: Arc<[u8]>,
+    /// The first is proven, all are accepted from servers.
+    secrets: Arc<Vec<Vec<u8>>>,
     connect_timeout: Duration,
     metrics: Metrics,
     peers: Mutex<FnvHashMap<String, Arc<Peer>>>,
@@ -69,7 +70,7 @@ impl RpcClient {
     pub fn new(
         env: Env,
         me: MemberId,
-        secret: &[u8],
+        secrets: Vec<Vec<u8>>,
         connect_timeout: Duration,
         metrics: Metrics,
     ) -> RpcClient {
@@ -77,7 +78,7 @@ impl RpcClient {
             inner: Arc::new(Inner {
                 env,
                 me,
-                secret: secret.into(),
+                secrets: Arc::new(secrets),
                 connect_timeout,
                 metrics,
                 peers: Mutex::new(FnvHashMap::default()),
@@ -272,8 +273,8 @@ impl RpcClient {
                 )));
             }
         };
-        if !frame::verify(
-            &self.inner.secret,
+        if !frame::verify_any(
+            &self.inner.secrets,
             "server",
             (me, &nonce),
             (&server, &server_nonce),
@@ -284,12 +285,13 @@ impl RpcClient {
                 "{server} did not prove the cluster secret"
             )));
         }
-        let proof = frame::proof(
-            &self.inner.secret,
-            "client",
-            (me, &nonce),
-            (&server, &server_nonce),
-        );
+        let primary = self
+            .inner
+            .secrets
+            .first()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let proof = frame::proof(primary, "client", (me, &nonce), (&server, &server_nonce));
         frame::write_frame(
             writer,
             &Frame {

@@ -173,6 +173,18 @@ pub fn verify(
     keyed_mac(secret, role, client, server).is_some_and(|m| m.verify_slice(got).is_ok())
 }
 
+/// Whether the proof was made with any of the accepted secrets (during a token rotation a
+/// member accepts the old and the new one).
+pub fn verify_any(
+    secrets: &[Vec<u8>],
+    role: &str,
+    client: (&MemberId, &Nonce),
+    server: (&MemberId, &Nonce),
+    got: &Proof,
+) -> bool {
+    secrets.iter().any(|s| verify(s, role, client, server, got))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

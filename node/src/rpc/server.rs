@@ -30,7 +30,8 @@ pub trait Handler: Send + Sync + 'static {
 pub struct ServerContext {
     pub env: Env,
     pub me: MemberId,
-    pub secret: Arc<[u8]>,
+    /// The first is proven, all are accepted from clients.
+    pub secrets: Arc<Vec<Vec<u8>>>,
     pub metrics: Metrics,
 }
 
@@ -195,8 +196,9 @@ where
         other => return Err(format!("expected hello, got {other:?}")),
     };
     let nonce: frame::Nonce = ctx.env.random_bytes();
+    let primary = ctx.secrets.first().map(Vec::as_slice).unwrap_or_default();
     let proof = frame::proof(
-        &ctx.secret,
+        primary,
         "server",
         (&client, &client_nonce),
         (&ctx.me, &nonce),
@@ -219,8 +221,8 @@ where
         .map_err(|e| format!("no proof from {client}: {e}"))?;
     match answer.body {
         FrameBody::Proof { proof }
-            if frame::verify(
-                &ctx.secret,
+            if frame::verify_any(
+                &ctx.secrets,
                 "client",
                 (&client, &client_nonce),
                 (&ctx.me, &nonce),

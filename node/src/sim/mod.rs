@@ -177,7 +177,7 @@ fn node_config(s: &Scenario, i: usize, bootstrap: bool, all_initial: usize) -> N
         .map(|j| format!("{}:{PEER_PORT}", host(j)))
         .collect();
     c.bootstrap = bootstrap;
-    c.cluster_token = TOKEN.into();
+    c.cluster_token = crate::config::Secret::new(TOKEN);
     c.settings = ClusterSettings {
         partitions: s.partitions,
         n: s.n,

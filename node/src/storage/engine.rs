@@ -63,12 +63,29 @@ pub trait Engine: Send + Sync + 'static {
     fn blocking(&self) -> bool;
     /// Bytes on disk (or held in memory), approximately.
     fn size_bytes(&self) -> u64;
+    /// How many times the engine reopened itself after a failure (its contents may then
+    /// include writes that were reported failed).
+    fn reopens(&self) -> u64 {
+        0
+    }
 }
 
 /// fjall: an LSM tree with a write-ahead journal; one keyspace per [`Space`]. Every batch
 /// reaches the OS before `write` returns (a killed process loses nothing); `sync` batches
 /// are also fsynced (a lost machine loses nothing).
+///
+/// fjall refuses all writes after a failed journal write or fsync (a full disk, an I/O
+/// error) until the database is reopened. The engine then reopens it, so the member
+/// recovers by itself once the cause is gone; a reopen recovers from the journal, which may
+/// contain the batch whose write was reported failed.
 pub struct FjallEngine {
+    dir: std::path::PathBuf,
+    cache_bytes: u64,
+    inner: parking_lot::RwLock<Option<FjallInner>>,
+    reopens: std::sync::atomic::AtomicU64,
+}
+
+struct FjallInner {
     db: fjall::Database,
     spaces: Vec<fjall::Keyspace>,
 }
@@ -77,10 +94,8 @@ fn engine_err(e: fjall::Error) -> StorageError {
     StorageError::Engine(e.to_string())
 }
 
-impl FjallEngine {
-    pub fn open(dir: &Path, cache_bytes: u64) -> Result<FjallEngine, StorageError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| StorageError::Engine(format!("create {}: {e}", dir.display())))?;
+impl FjallInner {
+    fn open(dir: &Path, cache_bytes: u64) -> Result<FjallInner, StorageError> {
         let db = fjall::Database::builder(dir.join("engine"))
             .cache_size(cache_bytes)
             .open()
@@ -92,7 +107,7 @@ impl FjallEngine {
                     .map_err(engine_err)?,
             );
         }
-        Ok(FjallEngine { db, spaces })
+        Ok(FjallInner { db, spaces })
     }
 
     fn ks(&self, s: Space) -> &fjall::Keyspace {
@@ -100,27 +115,88 @@ impl FjallEngine {
     }
 }
 
-impl Engine for FjallEngine {
-    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        Ok(self
-            .ks(space)
-            .get(key)
-            .map_err(engine_err)?
-            .map(|v| v.to_vec()))
+impl FjallEngine {
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<FjallEngine, StorageError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StorageError::Engine(format!("create {}: {e}", dir.display())))?;
+        let inner = FjallInner::open(dir, cache_bytes)?;
+        Ok(FjallEngine {
+            dir: dir.to_path_buf(),
+            cache_bytes,
+            inner: parking_lot::RwLock::new(Some(inner)),
+            reopens: std::sync::atomic::AtomicU64::new(0),
+        })
     }
 
-    fn write(&self, ops: &[BatchOp], sync: bool) -> Result<(), StorageError> {
-        let mut batch = self.db.batch();
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&FjallInner) -> Result<T, StorageError>,
+    ) -> Result<T, StorageError> {
+        match self.inner.read().as_ref() {
+            Some(inner) => f(inner),
+            None => Err(StorageError::Engine(
+                "the storage engine is being reopened".into(),
+            )),
+        }
+    }
+
+    /// After a poisoning failure: drop the database and open it again (recovering from
+    /// its journal). Fails, and is retried on the next write, while the cause persists.
+    fn reopen(&self) {
+        let mut guard = self.inner.write();
+        drop(guard.take());
+        match FjallInner::open(&self.dir, self.cache_bytes) {
+            Ok(inner) => {
+                *guard = Some(inner);
+                self.reopens
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tracing::warn!(dir = %self.dir.display(), "storage engine reopened after a write failure");
+            }
+            Err(e) => {
+                tracing::error!(dir = %self.dir.display(), error = %e, "reopening the storage engine failed; will retry")
+            }
+        }
+    }
+
+    fn write_inner(&self, ops: &[BatchOp], sync: bool) -> Result<(), fjall::Error> {
+        let guard = self.inner.read();
+        let inner = guard.as_ref().ok_or(fjall::Error::Poisoned)?;
+        let mut batch = inner.db.batch();
         if sync {
             batch = batch.durability(Some(fjall::PersistMode::SyncAll));
         }
         for op in ops {
             match &op.value {
-                Some(v) => batch.insert(self.ks(op.space), op.key.as_slice(), v.as_slice()),
-                None => batch.remove(self.ks(op.space), op.key.as_slice()),
+                Some(v) => batch.insert(inner.ks(op.space), op.key.as_slice(), v.as_slice()),
+                None => batch.remove(inner.ks(op.space), op.key.as_slice()),
             }
         }
-        batch.commit().map_err(engine_err)
+        batch.commit()
+    }
+}
+
+impl Engine for FjallEngine {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.with(|inner| {
+            Ok(inner
+                .ks(space)
+                .get(key)
+                .map_err(engine_err)?
+                .map(|v| v.to_vec()))
+        })
+    }
+
+    fn write(&self, ops: &[BatchOp], sync: bool) -> Result<(), StorageError> {
+        match self.write_inner(ops, sync) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                // A failed journal write or fsync poisons the database (every later write
+                // fails), so any write failure reopens it.
+                let err = engine_err(e);
+                self.reopen();
+                Err(err)
+            }
+        }
     }
 
     fn scan(
@@ -130,25 +206,34 @@ impl Engine for FjallEngine {
         end: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<KeyValue>, StorageError> {
-        let range: (Bound<&[u8]>, Bound<&[u8]>) = (
-            Bound::Included(start),
-            end.map_or(Bound::Unbounded, Bound::Excluded),
-        );
-        let mut out = Vec::new();
-        for guard in self.ks(space).range::<&[u8], _>(range) {
-            if out.len() >= limit {
-                break;
+        self.with(|inner| {
+            let range: (Bound<&[u8]>, Bound<&[u8]>) = (
+                Bound::Included(start),
+                end.map_or(Bound::Unbounded, Bound::Excluded),
+            );
+            let mut out = Vec::new();
+            for guard in inner.ks(space).range::<&[u8], _>(range) {
+                if out.len() >= limit {
+                    break;
+                }
+                let (k, v) = guard.into_inner().map_err(engine_err)?;
+                out.push((k.to_vec(), v.to_vec()));
             }
-            let (k, v) = guard.into_inner().map_err(engine_err)?;
-            out.push((k.to_vec(), v.to_vec()));
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     fn sync(&self) -> Result<(), StorageError> {
-        self.db
-            .persist(fjall::PersistMode::SyncAll)
-            .map_err(engine_err)
+        let result = self.with(|inner| {
+            inner
+                .db
+                .persist(fjall::PersistMode::SyncAll)
+                .map_err(engine_err)
+        });
+        if result.is_err() {
+            self.reopen();
+        }
+        result
     }
 
     fn blocking(&self) -> bool {
@@ -156,7 +241,12 @@ impl Engine for FjallEngine {
     }
 
     fn size_bytes(&self) -> u64 {
-        self.db.disk_space().unwrap_or(0)
+        self.with(|inner| Ok(inner.db.disk_space().unwrap_or(0)))
+            .unwrap_or(0)
+    }
+
+    fn reopens(&self) -> u64 {
+        self.reopens.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 

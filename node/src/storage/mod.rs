@@ -184,6 +184,7 @@ struct Writer {
     sequence: u64,
     durability: Durability,
     dirty: bool,
+    reopens_seen: u64,
 }
 
 /// State the writer updates and readers observe.
@@ -324,6 +325,7 @@ impl Store {
             sequence,
             durability: config.durability,
             dirty: false,
+            reopens_seen: engine.reopens(),
         };
         let handle = tokio::spawn(writer.run(rx, config.sync_interval));
         Ok(Store {
@@ -797,6 +799,23 @@ impl Writer {
         }
     }
 
+    fn rebuild_trees(&mut self) {
+        let partitions = self
+            .shared
+            .merkle
+            .lock()
+            .as_ref()
+            .map(MerkleForest::partitions);
+        if let Some(q) = partitions {
+            match rebuild_forest(self.engine.as_ref(), q) {
+                Ok(forest) => *self.shared.merkle.lock() = Some(forest),
+                Err(e) => {
+                    tracing::error!(error = %e, "rebuilding the Merkle trees after an engine reopen failed")
+                }
+            }
+        }
+    }
+
     /// Runs on the writer, so no write can slip in between saving and marking.
     fn save_trees_and_mark_clean(&mut self) -> Result<(), StorageError> {
         let mut ops = Vec::new();
@@ -1093,7 +1112,12 @@ impl Writer {
             }
             Err(e) => {
                 // Nothing of this batch is acknowledged; the sequence may stay advanced,
-                // which only skips counters.
+                // which only skips counters. A reopened engine may hold part of what
+                // failed, so the trees are rebuilt from what is actually stored.
+                if self.engine.reopens() != self.reopens_seen {
+                    self.reopens_seen = self.engine.reopens();
+                    self.rebuild_trees();
+                }
                 tracing::error!(error = %e, ops = state.ops.len(), "write batch failed");
                 for (reply, r) in results {
                     let _ = reply.send(r.and(Err(e.clone())));
