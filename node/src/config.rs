@@ -209,6 +209,8 @@ pub struct NodeConfig {
     pub tombstone_grace: Duration,
     /// Seed of the member's random choices (gossip peers, nonces, planner).
     pub rng_seed: u64,
+    /// TLS for peer connections (and optionally HTTP); `None` = plain TCP.
+    pub tls: Option<crate::rpc::tls::TlsFiles>,
 }
 
 impl NodeConfig {
@@ -248,6 +250,7 @@ impl NodeConfig {
             transfer_rate_bytes: 64 << 20,
             tombstone_grace: Duration::from_secs(3600),
             rng_seed: 0,
+            tls: None,
         }
     }
 

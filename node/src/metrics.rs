@@ -209,7 +209,7 @@ impl Metrics {
             rpc_auth_failures: counter(
                 &r,
                 "dynamo_rpc_auth_failures_total",
-                "Peer connections refused for a bad cluster secret.",
+                "Peer connections refused: bad cluster secret or TLS certificate.",
             ),
             rpc_errors: counter_vec(
                 &r,

@@ -16,6 +16,7 @@ use crate::metrics::Metrics;
 use crate::replication::Replicator;
 use crate::ring::MemberId;
 use crate::rpc::server::{self, Handler, ServerContext};
+use crate::rpc::tls::Tls;
 use crate::rpc::transport::BoxFuture;
 use crate::rpc::{ErrorCode, RemoteError, Request, Response, RpcClient};
 use crate::storage::{Engine, StorageError, Store, StoreConfig};
@@ -42,6 +43,8 @@ pub enum NodeError {
     Corrupt { what: &'static str, reason: String },
     #[error("cannot bootstrap: {0}")]
     Bootstrap(String),
+    #[error(transparent)]
+    Tls(#[from] crate::rpc::tls::TlsError),
 }
 
 /// What a data directory records about the member that owns it.
@@ -78,6 +81,8 @@ pub struct Node {
     /// Addresses actually bound (differ from the configuration when it asked for port 0).
     pub http_addr: String,
     pub peer_addr: String,
+    /// TLS for peers (and HTTP if enabled), when configured.
+    pub tls: Option<Tls>,
     /// Client requests allowed in flight (see `Limits::max_inflight_requests`).
     pub request_permits: Arc<tokio::sync::Semaphore>,
     shutdown: watch::Sender<bool>,
@@ -181,13 +186,15 @@ impl Node {
             config.advertise = http_addr.clone();
         }
 
+        let tls = config.tls.as_ref().map(Tls::load).transpose()?;
         let rpc = RpcClient::new(
             env.clone(),
             config.id.clone(),
             config.cluster_secrets(),
             config.replica_timeout,
             metrics.clone(),
-        );
+        )
+        .with_tls(tls.clone());
         let me_state = MemberState {
             id: config.id.clone(),
             peer_addr: config.advertise_peer.clone(),
@@ -242,6 +249,7 @@ impl Node {
             generation,
             http_addr,
             peer_addr,
+            tls: tls.clone(),
             request_permits: Arc::new(tokio::sync::Semaphore::new(
                 config.limits.max_inflight_requests,
             )),
@@ -254,6 +262,7 @@ impl Node {
             me: config.id.clone(),
             secrets: Arc::new(config.cluster_secrets()),
             metrics,
+            tls: tls.clone(),
         };
         let handler: Arc<dyn Handler> = Arc::new(PeerService {
             node: Arc::downgrade(&node),

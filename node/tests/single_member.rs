@@ -251,9 +251,11 @@ async fn bad_input_is_refused_and_changes_nothing() {
     );
     // Nothing else was stored either: the member holds exactly one key.
     cluster
-        .wait_for("the storage gauge to be refreshed", Duration::from_secs(10), || async {
-            cluster.metric(0, "dynamo_storage_keys").await == 1.0
-        })
+        .wait_for(
+            "the storage gauge to be refreshed",
+            Duration::from_secs(10),
+            || async { cluster.metric(0, "dynamo_storage_keys").await == 1.0 },
+        )
         .await;
 }
 

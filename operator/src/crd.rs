@@ -440,7 +440,10 @@ pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
 /// parse manifests as YAML 1.1, where it is the boolean `false` — so `replication.n` would
 /// arrive at the API server as a property named "false".
 pub fn quote_yaml11_boolean_keys(yaml: &str) -> String {
-    const WORDS: [&str; 16] = ["y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "on", "On", "ON", "off", "Off", "OFF"];
+    const WORDS: [&str; 16] = [
+        "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "on", "On", "ON", "off", "Off",
+        "OFF",
+    ];
     let mut out = String::with_capacity(yaml.len() + 64);
     for line in yaml.split_inclusive('\n') {
         let indent = line.len() - line.trim_start().len();
@@ -450,7 +453,9 @@ pub fn quote_yaml11_boolean_keys(yaml: &str) -> String {
             None => ("", rest),
         };
         match rest.split_once(':') {
-            Some((key, tail)) if WORDS.contains(&key) && (tail.is_empty() || tail.starts_with([' ', '\n'])) => {
+            Some((key, tail))
+                if WORDS.contains(&key) && (tail.is_empty() || tail.starts_with([' ', '\n'])) =>
+            {
                 out.push_str(&line[..indent]);
                 out.push_str(dash);
                 out.push('"');

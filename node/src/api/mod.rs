@@ -245,17 +245,33 @@ pub async fn serve(
             drop(conn);
             continue;
         };
+        let tls = node.tls.clone().filter(|t| t.http);
         let node = node.clone();
-        let service = service_fn(move |req| {
-            let node = node.clone();
-            async move { Ok::<_, Infallible>(route(node, req).await) }
-        });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(conn), service)
-            .into_owned();
-        let watched = graceful.watch(conn);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
-            if let Err(e) = watched.await {
+            // The TLS handshake runs here, not in the accept loop, so a slow client
+            // cannot hold up others.
+            let conn = match tls {
+                Some(tls) => match tls.accept_http(conn).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        node.metrics.rejected.with_label_values(&["tls"]).inc();
+                        tracing::debug!(error = %e, "TLS handshake with an HTTP client failed");
+                        return;
+                    }
+                },
+                None => conn,
+            };
+            let n = node.clone();
+            let service = service_fn(move |req| {
+                let node = n.clone();
+                async move { Ok::<_, Infallible>(route(node, req).await) }
+            });
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(conn), service)
+                .into_owned();
+            if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(error = %e, "HTTP connection ended with an error");
             }
             drop(permit);

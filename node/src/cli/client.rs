@@ -49,6 +49,8 @@ pub struct HttpClient {
     endpoint: String,
     token: Option<String>,
     timeout: Duration,
+    /// For `https://` endpoints: verifies the member's certificate.
+    tls: Option<tokio_rustls::TlsConnector>,
 }
 
 /// Percent-encodes a key for the URL path (unreserved characters and `/` stay as they are).
@@ -82,7 +84,72 @@ impl HttpClient {
             endpoint,
             token,
             timeout,
+            tls: None,
         }
+    }
+
+    /// A client for an `https://` endpoint whose certificate the CA in `ca_pem` signed.
+    pub fn with_ca(mut self, ca_pem: &std::path::Path) -> Result<HttpClient, ClientError> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        let certs = CertificateDer::pem_file_iter(ca_pem)
+            .map_err(|e| ClientError::Invalid(format!("{}: {e}", ca_pem.display())))?;
+        for cert in certs {
+            let cert =
+                cert.map_err(|e| ClientError::Invalid(format!("{}: {e}", ca_pem.display())))?;
+            roots
+                .add(cert)
+                .map_err(|e| ClientError::Invalid(format!("{}: {e}", ca_pem.display())))?;
+        }
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::Invalid(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        self.tls = Some(tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+            config,
+        )));
+        Ok(self)
+    }
+
+    /// One request over a fresh TLS connection (the CLI makes few requests; no pooling).
+    async fn send_tls(
+        &self,
+        connector: &tokio_rustls::TlsConnector,
+        req: Request<Full<Bytes>>,
+    ) -> Result<http::Response<hyper::body::Incoming>, String> {
+        let authority = self
+            .endpoint
+            .trim_start_matches("https://")
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let host = crate::rpc::tls::host_of(&authority).to_string();
+        let addr = if authority.contains(':') {
+            authority.clone()
+        } else {
+            format!("{authority}:443")
+        };
+        let tcp = tokio::net::TcpStream::connect(&addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let name = rustls::pki_types::ServerName::try_from(host).map_err(|e| e.to_string())?;
+        let stream = connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS: {e}"))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        sender.send_request(req).await.map_err(|e| e.to_string())
     }
 
     pub fn endpoint(&self) -> &str {
@@ -109,14 +176,22 @@ impl HttpClient {
             .body(Full::new(body))
             .map_err(|e| ClientError::Invalid(e.to_string()))?;
         let send = async {
-            let resp = self
-                .client
-                .request(req)
-                .await
-                .map_err(|e| ClientError::Unreachable {
-                    endpoint: self.endpoint.clone(),
-                    reason: error_chain(&e),
-                })?;
+            let resp = match &self.tls {
+                Some(connector) => self.send_tls(connector, req).await.map_err(|reason| {
+                    ClientError::Unreachable {
+                        endpoint: self.endpoint.clone(),
+                        reason,
+                    }
+                })?,
+                None => self
+                    .client
+                    .request(req)
+                    .await
+                    .map_err(|e| ClientError::Unreachable {
+                        endpoint: self.endpoint.clone(),
+                        reason: error_chain(&e),
+                    })?,
+            };
             let (parts, body) = resp.into_parts();
             let body = body
                 .collect()

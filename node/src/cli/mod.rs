@@ -253,6 +253,19 @@ pub struct NodeArgs {
     pub tombstone_grace_s: u64,
     #[arg(long, env = "DYNAMO_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// TLS certificate chain (PEM). With --tls-key and --tls-ca, every connection between
+    /// members is TLS.
+    #[arg(long, env = "DYNAMO_TLS_CERT", requires_all = ["tls_key", "tls_ca"])]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "DYNAMO_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificate (PEM) that signed the members' certificates.
+    #[arg(long, env = "DYNAMO_TLS_CA", requires = "tls_cert")]
+    pub tls_ca: Option<PathBuf>,
+    /// Serve the HTTP API over TLS too (https).
+    #[arg(long, env = "DYNAMO_TLS_HTTP", requires = "tls_cert")]
+    pub tls_http: bool,
 }
 
 #[derive(Args, Debug)]
@@ -271,15 +284,22 @@ pub struct Endpoint {
     /// Request timeout in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     pub timeout_ms: u64,
+    /// CA certificate (PEM) to verify an `https://` endpoint.
+    #[arg(long, env = "DYNAMO_CA")]
+    pub ca: Option<PathBuf>,
 }
 
 impl Endpoint {
-    fn client(&self) -> HttpClient {
-        HttpClient::new(
+    fn client(&self) -> Result<HttpClient> {
+        let client = HttpClient::new(
             &self.endpoint,
             self.token.clone(),
             Duration::from_millis(self.timeout_ms),
-        )
+        );
+        match &self.ca {
+            Some(ca) => Ok(client.with_ca(ca)?),
+            None => Ok(client),
+        }
     }
 }
 
@@ -562,6 +582,15 @@ pub fn node_config(args: &NodeArgs) -> Result<NodeConfig> {
         transfer_rate_bytes: args.transfer_rate_bytes,
         tombstone_grace: Duration::from_secs(args.tombstone_grace_s),
         rng_seed: 0,
+        tls: match (&args.tls_cert, &args.tls_key, &args.tls_ca) {
+            (Some(cert), Some(key), Some(ca)) => Some(crate::rpc::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: ca.clone(),
+                http: args.tls_http,
+            }),
+            _ => None,
+        },
     };
     config.validate()?;
     Ok(config)
@@ -640,7 +669,7 @@ fn quorum_query(name: &str, v: Option<usize>) -> String {
 async fn get(args: GetArgs) -> Result<i32> {
     let reply = args
         .endpoint
-        .client()
+        .client()?
         .get(&args.key, &quorum_query("r", args.r))
         .await?;
     if args.show_context
@@ -675,7 +704,7 @@ async fn put(args: PutArgs) -> Result<i32> {
     };
     let reply = args
         .endpoint
-        .client()
+        .client()?
         .put(
             &args.key,
             value,
@@ -689,7 +718,7 @@ async fn put(args: PutArgs) -> Result<i32> {
 async fn delete(args: DeleteArgs) -> Result<i32> {
     let reply = args
         .endpoint
-        .client()
+        .client()?
         .delete(
             &args.key,
             args.context.as_deref(),
@@ -712,7 +741,7 @@ fn report_write(reply: &Reply) -> Result<i32> {
 }
 
 async fn admin_show(endpoint: &Endpoint, path: &str) -> Result<i32> {
-    let reply = endpoint.client().admin_get(path).await?;
+    let reply = endpoint.client()?.admin_get(path).await?;
     if reply.status.is_success() {
         println!("{}", reply.text());
         return Ok(0);
@@ -721,7 +750,7 @@ async fn admin_show(endpoint: &Endpoint, path: &str) -> Result<i32> {
 }
 
 async fn admin_post(endpoint: &Endpoint, path: &str, body: serde_json::Value) -> Result<i32> {
-    let reply = endpoint.client().admin_post(path, body).await?;
+    let reply = endpoint.client()?.admin_post(path, body).await?;
     if reply.status.is_success() {
         println!("{}", reply.text());
         return Ok(0);
@@ -730,7 +759,7 @@ async fn admin_post(endpoint: &Endpoint, path: &str, body: serde_json::Value) ->
 }
 
 async fn ring(endpoint: &Endpoint) -> Result<i32> {
-    let reply = endpoint.client().admin_get("/v1/cluster/ring").await?;
+    let reply = endpoint.client()?.admin_get("/v1/cluster/ring").await?;
     if !reply.status.is_success() {
         return Ok(exit_code(&reply));
     }

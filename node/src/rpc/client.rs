@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use super::RpcError;
 use super::frame::{self, Frame, FrameBody};
 use super::messages::{Request, Response};
+use super::tls::Tls;
 use super::transport::BoxConnection;
 use crate::env::Env;
 use crate::metrics::Metrics;
@@ -38,6 +39,7 @@ struct Inner {
     connect_timeout: Duration,
     metrics: Metrics,
     peers: Mutex<FnvHashMap<String, Arc<Peer>>>,
+    tls: Option<Tls>,
 }
 
 /// The connection to one address.
@@ -82,7 +84,24 @@ impl RpcClient {
                 connect_timeout,
                 metrics,
                 peers: Mutex::new(FnvHashMap::default()),
+                tls: None,
             }),
+        }
+    }
+
+    /// The same client speaking TLS to every peer.
+    pub fn with_tls(self, tls: Option<Tls>) -> RpcClient {
+        let inner = Arc::try_unwrap(self.inner).unwrap_or_else(|shared| Inner {
+            env: shared.env.clone(),
+            me: shared.me.clone(),
+            secrets: shared.secrets.clone(),
+            connect_timeout: shared.connect_timeout,
+            metrics: shared.metrics.clone(),
+            peers: Mutex::new(FnvHashMap::default()),
+            tls: None,
+        });
+        RpcClient {
+            inner: Arc::new(Inner { tls, ..inner }),
         }
     }
 
@@ -224,6 +243,14 @@ impl RpcClient {
             .connect(addr)
             .await
             .map_err(|e| RpcError::Unreachable(format!("{addr}: {e}")))?;
+        let stream = match &self.inner.tls {
+            Some(tls) => tls.connect(addr, stream).await.map_err(|e| {
+                self.inner.metrics.rpc_auth_failures.inc();
+                tracing::warn!(peer = %addr, error = %e, "TLS handshake with a peer failed");
+                RpcError::Auth(format!("TLS with {addr}: {e}"))
+            })?,
+            None => stream,
+        };
         let (r, w) = tokio::io::split(stream);
         let mut reader = BufReader::new(r);
         let mut writer = BufWriter::new(w);

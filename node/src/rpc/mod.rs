@@ -6,6 +6,7 @@ pub mod client;
 pub mod frame;
 pub mod messages;
 pub mod server;
+pub mod tls;
 pub mod transport;
 
 use thiserror::Error;

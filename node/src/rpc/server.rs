@@ -33,6 +33,7 @@ pub struct ServerContext {
     /// The first is proven, all are accepted from clients.
     pub secrets: Arc<Vec<Vec<u8>>>,
     pub metrics: Metrics,
+    pub tls: Option<super::tls::Tls>,
 }
 
 /// Accepts connections until `shutdown` turns true.
@@ -67,6 +68,17 @@ async fn serve_connection(
     ctx: ServerContext,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let conn = match &ctx.tls {
+        Some(tls) => match tls.accept_peer(conn).await {
+            Ok(c) => c,
+            Err(e) => {
+                ctx.metrics.rpc_auth_failures.inc();
+                tracing::warn!(peer_addr = %addr, error = %e, "TLS handshake with a peer failed");
+                return;
+            }
+        },
+        None => conn,
+    };
     let (r, w) = tokio::io::split(conn);
     let mut reader = BufReader::new(r);
     let mut writer = BufWriter::new(w);

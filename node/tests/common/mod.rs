@@ -53,6 +53,8 @@ pub struct Options {
     pub conflicts: &'static str,
     pub max_siblings: usize,
     pub extra: Vec<String>,
+    /// When set, members serve HTTPS and clients verify them with this CA.
+    pub https_ca: Option<std::path::PathBuf>,
 }
 
 impl Default for Options {
@@ -65,6 +67,7 @@ impl Default for Options {
             conflicts: "siblings",
             max_siblings: 100,
             extra: Vec::new(),
+            https_ca: None,
         }
     }
 }
@@ -172,16 +175,25 @@ impl Cluster {
     }
 
     pub fn client(&self, i: usize) -> HttpClient {
-        HttpClient::new(
-            &self.members[i].http(),
-            Some(TOKEN.to_string()),
-            Duration::from_secs(10),
-        )
+        self.http_client(i, Some(TOKEN.to_string()))
     }
 
     /// A client without the admin token (as applications use the client API).
     pub fn app_client(&self, i: usize) -> HttpClient {
-        HttpClient::new(&self.members[i].http(), None, Duration::from_secs(10))
+        self.http_client(i, None)
+    }
+
+    fn http_client(&self, i: usize, token: Option<String>) -> HttpClient {
+        match &self.opts.https_ca {
+            Some(ca) => HttpClient::new(
+                &format!("https://{}", self.members[i].http()),
+                token,
+                Duration::from_secs(10),
+            )
+            .with_ca(ca)
+            .expect("CA file"),
+            None => HttpClient::new(&self.members[i].http(), token, Duration::from_secs(10)),
+        }
     }
 
     pub fn running(&self) -> Vec<usize> {
