@@ -17,7 +17,10 @@
 #      RuntimeDefault, no privilege escalation), dashboards as ConfigMaps labelled
 #      grafana_dashboard: "1" holding exactly charts/dynamo-operator/dashboards/*.json, and
 #      values.schema.json rejecting bad values;
-#   8. the example manifest e2e/manifests/dynamocluster.yaml validates against the CRD schema.
+#   8. the example manifest e2e/manifests/dynamocluster.yaml validates against the CRD schema;
+#   9. the optional chart charts/dynamo-cluster: helm lint --strict, and its DynamoCluster
+#      validates against the CRD schema (kubeconform -strict) for the defaults and for a
+#      full set of values; a bare `n` key (YAML 1.1 false) is refused.
 #
 # usage: e2e/chart-test.sh [--tools-only]
 # Environment: DYNAMO_TOOLS, HELM_VERSION (default v3.22.0), KUBECONFORM_VERSION (v0.8.0),
@@ -314,6 +317,47 @@ reject "a bad log format" --set operator.logFormat=xml
 reject "a string port" --set-string httpPort=http
 reject "a bad watchNamespace" --set watchNamespace=Team_A
 [ "$FAILED" = 1 ] || ok "values.schema.json rejects unknown keys and bad values"
+
+# The optional chart charts/dynamo-cluster: one DynamoCluster from values.
+CLUSTER_CHART="$REPO_ROOT/charts/dynamo-cluster"
+cat >"$WORK/cluster-full.yaml" <<'EOF'
+nameOverride: kv
+replicas: 5
+image: {repository: registry.example/dynamo-rs/node, tag: "0.1.0"}
+labels: {team: storage}
+spec:
+  replication: {"n": 3, r: 2, w: 2, conflicts: siblings}
+  partitions: 512
+  storage: {size: 10Gi, storageClassName: fast, reclaimPolicy: Delete}
+  resources: {requests: {cpu: "1", memory: 2Gi}, limits: {memory: 4Gi}}
+  gossipIntervalMs: 500
+  antiEntropyIntervalSeconds: 120
+  pod:
+    tolerations: [{key: dedicated, operator: Equal, value: db, effect: NoSchedule}]
+    terminationGracePeriodSeconds: 90
+  service: {type: LoadBalancer, annotations: {example.com/lb: internal}}
+  monitoring: {serviceMonitor: {enabled: true, interval: 30s, labels: {release: prom}}}
+  clusterTokenSecret: {name: kv-token, key: token}
+EOF
+for vs in default cluster-full; do
+  args=()
+  [ "$vs" = default ] || args=(-f "$WORK/$vs.yaml")
+  if "$HELM" lint --strict --kube-version "$KUBE_VERSION" "$CLUSTER_CHART" "${args[@]}" >"$WORK/lint-c-$vs.log" 2>&1 \
+      && "$HELM" template kv "$CLUSTER_CHART" --kube-version "$KUBE_VERSION" -n db "${args[@]}" >"$WORK/render-c-$vs.yaml" 2>&1 \
+      && kubeconform_strict "$WORK/render-c-$vs.yaml" >"$WORK/kubeconform-c-$vs.log" 2>&1 \
+      && grep -q 'Valid: 1, Invalid: 0, Errors: 0, Skipped: 0' "$WORK/kubeconform-c-$vs.log"; then
+    ok "charts/dynamo-cluster ($vs values): helm lint --strict, helm template | kubeconform -strict against the CRD schema"
+  else
+    cat "$WORK/lint-c-$vs.log" "$WORK/render-c-$vs.yaml" "$WORK/kubeconform-c-$vs.log" >&2 2>/dev/null
+    fail "charts/dynamo-cluster ($vs values)"
+  fi
+done
+printf 'spec:\n  replication: {n: 3}\n' >"$WORK/bare-n.yaml"
+if "$HELM" template kv "$CLUSTER_CHART" --kube-version "$KUBE_VERSION" -f "$WORK/bare-n.yaml" >/dev/null 2>&1; then
+  fail "charts/dynamo-cluster accepted replication: {n: 3} (YAML 1.1 reads n as false)"
+else
+  ok "charts/dynamo-cluster refuses a bare replication key n (read as false)"
+fi
 
 # Structure of the rendered objects.
 if python3 - "$WORK" "$REPO_ROOT" <<'PY'
