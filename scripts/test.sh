@@ -4,7 +4,7 @@
 #
 #   scripts/test.sh            everything
 #   scripts/test.sh --rust     only the Rust stages (format, lint, unit, property,
-#                              real-process and simulation tests)
+#                              real-process, simulation tests and short fuzz runs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,11 +26,16 @@ cargo fmt --all -- --check
 stage "lint (clippy, warnings are errors)"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 
-stage "unit, property, real-process and simulation tests"
+stage "unit, property, real-process, fuzz-regression, soak (40 s) and simulation tests"
+# disk.rs mounts a tmpfs to fill the disk; as root (CI) it must run, not skip.
+if [ "$(id -u)" = 0 ]; then export DYNAMO_REQUIRE_ROOT_TESTS=1; fi
 cargo test --workspace --all-features --no-fail-fast
 
 stage "operator driving real member processes"
 DYNAMO_NODE_BIN="$PWD/target/debug/dynamo" cargo test -p dynamo-operator --test nodes
+
+stage "fuzzing: every target for ${FUZZ_SECONDS:-20} s (nightly toolchain, cargo-fuzz)"
+bash scripts/fuzz.sh
 
 if $only_rust; then
   stage "done (Rust stages only)"

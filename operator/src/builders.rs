@@ -29,6 +29,7 @@ pub const PEER_PORT: i32 = 7070;
 pub const DATA_DIR: &str = "/data";
 pub const TOKEN_DIR: &str = "/etc/dynamo/token";
 pub const CLIENT_TOKEN_DIR: &str = "/etc/dynamo/client-token";
+pub const PEER_TLS_DIR: &str = "/etc/dynamo/peer-tls";
 pub const CONTAINER: &str = "dynamo";
 /// Name of the volume claim template; PVCs are `data-<name>-<ordinal>`.
 pub const DATA_VOLUME: &str = "data";
@@ -215,6 +216,11 @@ pub fn config_data(dc: &DynamoCluster, names: &Names) -> BTreeMap<String, String
             "DYNAMO_CLIENT_TOKEN_FILE",
             format!("{CLIENT_TOKEN_DIR}/{TOKEN_KEY}"),
         );
+    }
+    if s.peer_tls.is_some() {
+        put("DYNAMO_TLS_CERT", format!("{PEER_TLS_DIR}/tls.crt"));
+        put("DYNAMO_TLS_KEY", format!("{PEER_TLS_DIR}/tls.key"));
+        put("DYNAMO_TLS_CA", format!("{PEER_TLS_DIR}/ca.crt"));
     }
     put("DYNAMO_PARTITIONS", s.partitions.to_string());
     put("DYNAMO_N", s.replication.n.to_string());
@@ -454,6 +460,33 @@ pub fn pod_template(dc: &DynamoCluster, names: &Names, inputs: &Inputs) -> PodTe
             ..Default::default()
         });
         volumes.push(secret_volume("client-token", client));
+    }
+    if let Some(tls) = &s.peer_tls {
+        mounts.push(VolumeMount {
+            name: "peer-tls".into(),
+            mount_path: PEER_TLS_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+        volumes.push(Volume {
+            name: "peer-tls".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(tls.secret_name.clone()),
+                items: Some(
+                    ["tls.crt", "tls.key", "ca.crt"]
+                        .into_iter()
+                        .map(|k| KeyToPath {
+                            key: k.into(),
+                            path: k.into(),
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
+                default_mode: Some(0o440),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
     }
     let container = Container {
         name: CONTAINER.into(),
@@ -811,6 +844,44 @@ mod tests {
         assert_eq!(cluster_vol.secret_name.as_deref(), Some("mine"));
         assert_eq!(cluster_vol.items.unwrap()[0].key, "tok");
         assert!(vols.iter().any(|v| v.name == "client-token"));
+        assert!(!vols.iter().any(|v| v.name == "peer-tls"));
+        assert!(!config_data(&dc, &names).contains_key("DYNAMO_TLS_CERT"));
+    }
+
+    #[test]
+    fn peer_tls_secret_is_mounted_and_configured() {
+        let mut dc = cluster(3);
+        dc.spec.peer_tls = Some(crate::crd::PeerTls {
+            secret_name: "db-peer-cert".into(),
+        });
+        let names = Names::of(&dc);
+        let config = config_data(&dc, &names);
+        assert_eq!(config["DYNAMO_TLS_CERT"], "/etc/dynamo/peer-tls/tls.crt");
+        assert_eq!(config["DYNAMO_TLS_KEY"], "/etc/dynamo/peer-tls/tls.key");
+        assert_eq!(config["DYNAMO_TLS_CA"], "/etc/dynamo/peer-tls/ca.crt");
+        assert!(
+            !config.contains_key("DYNAMO_TLS_HTTP"),
+            "the HTTP API stays plain"
+        );
+        let sts = statefulset(&dc, &names, &Inputs::for_cluster(&dc, 3));
+        let pod = sts.spec.unwrap().template.spec.unwrap();
+        let secret = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "peer-tls")
+            .unwrap()
+            .secret
+            .unwrap();
+        assert_eq!(secret.secret_name.as_deref(), Some("db-peer-cert"));
+        let keys: Vec<String> = secret.items.unwrap().into_iter().map(|i| i.key).collect();
+        assert_eq!(keys, ["tls.crt", "tls.key", "ca.crt"]);
+        let mounts = pod.containers[0].volume_mounts.clone().unwrap();
+        assert!(
+            mounts
+                .iter()
+                .any(|m| m.name == "peer-tls" && m.mount_path == "/etc/dynamo/peer-tls")
+        );
     }
 
     #[test]

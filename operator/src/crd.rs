@@ -105,6 +105,20 @@ pub struct DynamoClusterSpec {
     /// `Authorization: Bearer <token>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_token_secret: Option<SecretKeyRef>,
+    /// TLS between members: a Secret of type `kubernetes.io/tls` with `tls.crt`, `tls.key`
+    /// and `ca.crt` (as cert-manager writes them). The certificate must name every member's
+    /// peer host, e.g. `*.<name>-peers.<namespace>.svc`; members present it to each other
+    /// and accept only peers whose certificate the CA signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_tls: Option<PeerTls>,
+}
+
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerTls {
+    /// Name of the Secret (in the cluster's namespace).
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
 }
 
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
@@ -422,6 +436,7 @@ impl Default for DynamoClusterSpec {
             monitoring: Monitoring::default(),
             cluster_token_secret: None,
             client_token_secret: None,
+            peer_tls: None,
         }
     }
 }

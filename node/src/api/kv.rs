@@ -330,8 +330,10 @@ fn render(response: ClientResponse) -> Result<Response<Body>, ApiError> {
             RefusalCode::NotReady => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", message)
             }
+            // Retryable: a full disk or a failed fsync can clear (the engine reopens
+            // itself), and nothing was acknowledged.
             RefusalCode::Storage => {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage_error", message)
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_error", message)
             }
         }),
     }

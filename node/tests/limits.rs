@@ -1,0 +1,187 @@
+//! Hostile and excessive clients and peers: each is cut off with a clear error and a
+//! metric, the member keeps serving, and nothing is half-written.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{Cluster, Options};
+use dynamo::rpc::frame::{self, FrameBody};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn single(extra: &[&str]) -> Options {
+    Options {
+        n: 1,
+        r: 1,
+        w: 1,
+        extra: extra.iter().map(|s| s.to_string()).collect(),
+        ..Options::default()
+    }
+}
+
+/// Reads until the member closes the connection (bounded); returns what it sent.
+async fn read_until_closed(conn: &mut TcpStream, within: Duration) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    match tokio::time::timeout(within, conn.read_to_end(&mut out)).await {
+        Ok(_) => Some(out),
+        Err(_) => None,
+    }
+}
+
+/// A peer that sends garbage, or speaks a newer protocol, is refused with a reason, counted,
+/// and the member goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_garbage_and_newer_protocol_are_refused() {
+    let cluster = Cluster::start(1, single(&[])).await;
+    cluster.wait_healthy_all().await;
+    let peer = cluster.members[0].peer();
+
+    // A well-framed frame of a protocol version this member does not speak.
+    let mut newer = Vec::new();
+    newer.extend_from_slice(&(9u32 + 3).to_be_bytes());
+    newer.push(frame::PROTOCOL_VERSION + 1);
+    newer.extend_from_slice(&[0u8; 8]);
+    newer.extend_from_slice(&[1, 2, 3]);
+    // Random bytes with a plausible length prefix.
+    let mut garbage = (64u32).to_be_bytes().to_vec();
+    garbage.extend((0..64u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
+
+    for (what, bytes, expected) in [
+        ("newer protocol", newer, "protocol version"),
+        ("garbage", garbage, ""),
+    ] {
+        let mut conn = TcpStream::connect(&peer).await.unwrap();
+        conn.write_all(&bytes).await.unwrap();
+        let reply = frame::read_frame(&mut conn).await;
+        match reply {
+            Ok(f) => match f.body {
+                FrameBody::Refused { reason } => {
+                    assert!(reason.contains(expected), "{what}: refused with {reason:?}")
+                }
+                other => panic!("{what}: answered {other:?}"),
+            },
+            Err(e) => panic!("{what}: no refusal frame: {e}"),
+        }
+        assert!(
+            read_until_closed(&mut conn, Duration::from_secs(10))
+                .await
+                .is_some(),
+            "{what}: the connection was not closed"
+        );
+    }
+    assert!(cluster.metric(0, "dynamo_rpc_auth_failures_total").await >= 2.0);
+    let c = cluster.app_client(0);
+    let put = c
+        .put("after", Bytes::from_static(b"v"), None, "")
+        .await
+        .unwrap();
+    assert_eq!(put.status.as_u16(), 204);
+}
+
+/// Past the in-flight limit a request gets a retryable 503; past the connection limit a
+/// connection is closed at once; a client sending its headers or body too slowly is cut
+/// off. Each is counted, and the member serves normally afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_excess_clients_are_cut_off() {
+    let cluster = Cluster::start(
+        1,
+        single(&["--max-inflight-requests=1", "--max-connections=3"]),
+    )
+    .await;
+    cluster.wait_healthy_all().await;
+    let http = cluster.members[0].http();
+
+    // A body that never arrives holds the only request slot...
+    let mut slow_body = TcpStream::connect(&http).await.unwrap();
+    slow_body
+        .write_all(b"PUT /v1/kv/slow HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ...so another request is shed with 503 overloaded and Retry-After.
+    let shed = cluster.app_client(0).get("any", "").await.unwrap();
+    assert_eq!(shed.status.as_u16(), 503, "{}", shed.text());
+    assert_eq!(shed.json().unwrap()["code"], "overloaded");
+    assert_eq!(shed.headers.get("retry-after").unwrap(), "1");
+    // The slow body is given up on with 408 after the request deadline (3 s here).
+    let reply = read_until_closed(&mut slow_body, Duration::from_secs(15))
+        .await
+        .expect("the slow body was not cut off");
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(reply.contains("request_timeout"), "{reply}");
+
+    // Headers that never finish are cut off by the header deadline.
+    let started = Instant::now();
+    let mut slow_headers = TcpStream::connect(&http).await.unwrap();
+    slow_headers
+        .write_all(b"GET /v1/kv/x HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    assert!(
+        read_until_closed(&mut slow_headers, Duration::from_secs(30))
+            .await
+            .is_some(),
+        "a client that never finished its headers kept its connection"
+    );
+    eprintln!("slow headers cut off after {:?}", started.elapsed());
+    drop(slow_headers);
+
+    // Connections past the limit are closed without an answer.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(TcpStream::connect(&http).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut excess = TcpStream::connect(&http).await.unwrap();
+    let _ = excess
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let answer = read_until_closed(&mut excess, Duration::from_secs(10))
+        .await
+        .expect("the excess connection was left open");
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    drop(held);
+
+    // Once the held connections are gone, both refusals show in the metrics.
+    let admin = cluster.client(0);
+    cluster
+        .wait_for(
+            "overload and connection refusals counted",
+            Duration::from_secs(20),
+            || async {
+                let Ok(reply) = admin.admin_get("/metrics").await else {
+                    return false;
+                };
+                let text = reply.text();
+                ["overload", "connections"].iter().all(|reason| {
+                    text.contains(&format!(
+                        "dynamo_rejected_requests_total{{reason=\"{reason}\"}}"
+                    ))
+                })
+            },
+        )
+        .await;
+    // Nothing of the cut-off write was stored, and the member serves normally.
+    let c = cluster.app_client(0);
+    cluster
+        .wait_for(
+            "the member to serve again",
+            Duration::from_secs(10),
+            || async {
+                c.get("slow", "")
+                    .await
+                    .is_ok_and(|r| r.status.as_u16() == 404)
+            },
+        )
+        .await;
+    let put = c
+        .put("fine", Bytes::from_static(b"v"), None, "")
+        .await
+        .unwrap();
+    assert_eq!(put.status.as_u16(), 204);
+}
