@@ -46,4 +46,7 @@ stage "operator against a real Kubernetes API server (etcd, kube-apiserver, kube
 bash e2e/apiserver/build.sh
 bash e2e/apiserver/operator-test.sh
 
+stage "packaging: images (Docker), 3 node containers, Helm chart checks, chart on a real API server and every dashboard query through Prometheus"
+bash e2e/packaging-test.sh
+
 stage "done"

@@ -75,9 +75,14 @@ async fn main() -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+    // As PID 1 in a container the default SIGTERM action does not apply: handle it here
+    // too (once the controller runs, kube's shutdown_on_signal does).
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
     tokio::select! {
         _ = dynamo_operator::wait_for_crd(&client, Duration::from_secs(5)) => {}
         _ = tokio::signal::ctrl_c() => return Ok(()),
+        _ = terminate.recv() => return Ok(()),
         res = server => {
             res.context("HTTP server task")?.context("HTTP server")?;
             return Ok(());
