@@ -13,11 +13,14 @@
 //!   once per batch in `fsync` mode (group commit), left to the OS otherwise;
 //! * fjall is the node's [`FjallEngine`]; redb is [`RedbEngine`] below, a complete
 //!   implementation of the same trait (what switching would take);
-//! * each measurement is a fixed count of operations on a fresh directory under /tmp, and
-//!   the engines alternate measurement by measurement so both see the same machine state;
-//! * the 200k-key data set is loaded by a child process that is killed at the end (it
-//!   exits without closing anything), so reopening it measures crash recovery; reads, scans
-//!   and disk space are then measured on the recovered engine.
+//! * each measurement is a fixed count of operations on fresh directories under /tmp, cut
+//!   into 8 chunks; the engines take turns chunk by chunk, so both see the same machine
+//!   state (this VM's fsync latency varies from ~0.5 ms to ~4 ms over minutes);
+//! * the 200k-key data set is loaded by a child process per engine that exits at the end
+//!   without closing anything (a crash as far as the engine can tell), so reopening it
+//!   measures crash recovery; both loads run before either engine is reopened, so one
+//!   engine's recovery and compaction never overlap the other's load; reads, scans and
+//!   disk space are then measured on the recovered engines, taking turns.
 //!
 //! The whole suite runs `ENGINE_RUNS` times (default 3; about 1.5 minutes each on a
 //! 2-core VM) and the table shows the median and every run's value. `ENGINE_KEYS=<n>`
@@ -282,35 +285,59 @@ impl Timed {
     }
 }
 
-/// Writes `count` new keys in group commits of `batch`.
-fn bench_writes(
-    engine: &dyn Engine,
+/// A write stream into one engine that can be advanced chunk by chunk (so two engines can
+/// take turns and see the same machine state).
+struct WriteStream {
     set: u64,
-    count: u64,
-    batch: usize,
-    sync: bool,
-) -> Result<Timed> {
-    let mut rng = ChaCha8Rng::seed_from_u64(set);
-    let mut seq = 0;
-    let mut lat = Vec::new();
-    let start = Instant::now();
-    let mut i = 0;
-    while i < count {
-        let n = (count - i).min(batch as u64);
-        let keys: Vec<Vec<u8>> = (i..i + n).map(|j| stored_key(set, j)).collect();
-        let t = Instant::now();
-        commit_batch(engine, &keys, &mut rng, &mut seq, sync)?;
-        lat.push(t.elapsed());
-        i += n;
-    }
-    let elapsed = start.elapsed();
-    lat.sort();
-    Ok(Timed {
-        ops: count,
-        elapsed,
-        lat,
-    })
+    rng: ChaCha8Rng,
+    seq: u64,
+    next: u64,
+    elapsed: Duration,
+    lat: Vec<Duration>,
 }
+
+impl WriteStream {
+    fn new(set: u64) -> WriteStream {
+        WriteStream {
+            set,
+            rng: ChaCha8Rng::seed_from_u64(set),
+            seq: 0,
+            next: 0,
+            elapsed: Duration::ZERO,
+            lat: Vec::new(),
+        }
+    }
+
+    /// Writes the next `count` new keys in group commits of `batch`.
+    fn run(&mut self, engine: &dyn Engine, count: u64, batch: usize, sync: bool) -> Result<()> {
+        let end = self.next + count;
+        let start = Instant::now();
+        while self.next < end {
+            let n = (end - self.next).min(batch as u64);
+            let keys: Vec<Vec<u8>> = (self.next..self.next + n)
+                .map(|j| stored_key(self.set, j))
+                .collect();
+            let t = Instant::now();
+            commit_batch(engine, &keys, &mut self.rng, &mut self.seq, sync)?;
+            self.lat.push(t.elapsed());
+            self.next += n;
+        }
+        self.elapsed += start.elapsed();
+        Ok(())
+    }
+
+    fn finish(mut self) -> Timed {
+        self.lat.sort();
+        Timed {
+            ops: self.next,
+            elapsed: self.elapsed,
+            lat: self.lat,
+        }
+    }
+}
+
+/// Chunks each measurement is cut into; the engines alternate chunk by chunk.
+const CHUNKS: u64 = 8;
 
 fn dir_bytes(dir: &Path) -> (u64, u64) {
     use std::os::unix::fs::MetadataExt;
@@ -338,8 +365,9 @@ fn dir_bytes(dir: &Path) -> (u64, u64) {
 /// without closing the engine (a crash as far as the engine can tell).
 fn child_load(kind: Kind, dir: &Path, keys: u64) -> Result<()> {
     let engine = kind.open(dir)?;
-    let t = bench_writes(engine.as_ref(), 1, keys, LOAD_BATCH, true)?;
-    println!("LOAD {}", t.elapsed.as_secs_f64());
+    let mut w = WriteStream::new(1);
+    w.run(engine.as_ref(), keys, LOAD_BATCH, true)?;
+    println!("LOAD {}", w.finish().elapsed.as_secs_f64());
     // No drop, no close: buffers and background work are abandoned as in a kill -9.
     std::process::exit(0);
 }
@@ -463,11 +491,22 @@ fn table(all: &[Vec<Row>]) -> String {
     out
 }
 
+fn row(what: String, unit: &'static str, higher_better: bool) -> Row {
+    Row {
+        what,
+        unit,
+        higher_better,
+        v: [0.0; 2],
+        note: Default::default(),
+    }
+}
+
 fn run_once(keys: u64, scale: f64) -> Result<Vec<Row>> {
-    let count = |n: f64| ((n * scale) as u64).max(1);
+    let count = |n: f64| ((n * scale) as u64).max(CHUNKS);
     let mut rows: Vec<Row> = Vec::new();
 
-    // (a) group-committed writes with fsync, (b) without.
+    // (a) group-committed writes with fsync, (b) without. Fresh directories per case; the
+    // engines take turns in CHUNKS chunks.
     let write_cases: [(&str, usize, bool, u64); 5] = [
         ("fsync, batch 1", 1, true, count(2_000.0)),
         ("fsync, batch 16", 16, true, count(16_000.0)),
@@ -476,77 +515,54 @@ fn run_once(keys: u64, scale: f64) -> Result<Vec<Row>> {
         ("no fsync, batch 128", 128, false, count(64_000.0)),
     ];
     for (label, batch, sync, n) in write_cases {
-        let mut row = Row {
-            what: format!("writes/s, {label} ({n} writes)"),
-            unit: "writes/s",
-            higher_better: true,
-            v: [0.0; 2],
-            note: Default::default(),
-        };
-        for (i, kind) in Kind::BOTH.into_iter().enumerate() {
-            let tmp = Tmp::new(&format!("w-{}", kind.name()))?;
-            let engine = kind.open(&tmp.0)?;
-            let t = bench_writes(engine.as_ref(), 100 + batch as u64, n, batch, sync)?;
-            row.v[i] = t.rate();
-            row.note[i] = format!(
+        let mut r = row(format!("writes/s, {label} ({n} writes)"), "writes/s", true);
+        let tmps = [
+            Tmp::new(&format!("w-{label}-fjall").replace([' ', ','], ""))?,
+            Tmp::new(&format!("w-{label}-redb").replace([' ', ','], ""))?,
+        ];
+        let engines = [Kind::Fjall.open(&tmps[0].0)?, Kind::Redb.open(&tmps[1].0)?];
+        let mut streams = [
+            WriteStream::new(100 + batch as u64),
+            WriteStream::new(100 + batch as u64),
+        ];
+        for c in 0..CHUNKS {
+            let part = n / CHUNKS + u64::from(c < n % CHUNKS);
+            for i in 0..2 {
+                streams[i].run(engines[i].as_ref(), part, batch, sync)?;
+            }
+        }
+        for (i, st) in streams.into_iter().enumerate() {
+            let t = st.finish();
+            r.v[i] = t.rate();
+            r.note[i] = format!(
                 "batch p50 {:.2} ms, p99 {:.2} ms",
                 t.pct(0.5).as_secs_f64() * 1e3,
                 t.pct(0.99).as_secs_f64() * 1e3
             );
             eprintln!(
                 "  {} {label}: {:.0} writes/s ({})",
-                kind.name(),
-                row.v[i],
-                row.note[i]
+                Kind::BOTH[i].name(),
+                r.v[i],
+                r.note[i]
             );
         }
-        rows.push(row);
+        rows.push(r);
     }
 
-    // Load `keys` records in a child that then "crashes"; reopen (crash recovery); read,
-    // scan and measure disk space on the recovered engine.
-    let mut load = Row {
-        what: format!("load {keys} keys, fsync batch {LOAD_BATCH} (child process)"),
-        unit: "writes/s",
-        higher_better: true,
-        v: [0.0; 2],
-        note: Default::default(),
-    };
-    let mut recover = Row {
-        what: "reopen after the child exited without closing (crash recovery)".into(),
-        unit: "ms",
-        higher_better: false,
-        v: [0.0; 2],
-        note: Default::default(),
-    };
-    let mut reads = Row {
-        what: format!("random point reads ({keys} gets over {keys} keys, 1 thread)"),
-        unit: "reads/s",
-        higher_better: true,
-        v: [0.0; 2],
-        note: Default::default(),
-    };
-    let mut scans = Row {
-        what: format!("range scans: each of the {Q} partitions as one range"),
-        unit: "keys/s",
-        higher_better: true,
-        v: [0.0; 2],
-        note: Default::default(),
-    };
-    let mut disk = Row {
-        what: "disk space after load and recovery".into(),
-        unit: "MiB",
-        higher_better: false,
-        v: [0.0; 2],
-        note: Default::default(),
-    };
-    let mut reopen = Row {
-        what: "reopen after a clean close".into(),
-        unit: "ms",
-        higher_better: false,
-        v: [0.0; 2],
-        note: Default::default(),
-    };
+    // Load `keys` records in a child that then "crashes"; reopen (crash recovery); scan,
+    // read and measure disk space on the recovered engines, taking turns.
+    let mut load = row(
+        format!("load {keys} keys, fsync batch {LOAD_BATCH} (child process)"),
+        "writes/s",
+        true,
+    );
+    let mut recover = row(
+        "reopen after the child exited without closing (crash recovery)".into(),
+        "ms",
+        false,
+    );
+    let mut tmps: Vec<Tmp> = Vec::new();
+    let mut engines: Vec<Arc<dyn Engine>> = Vec::new();
     for (i, kind) in Kind::BOTH.into_iter().enumerate() {
         let tmp = Tmp::new(&format!("load-{}", kind.name()))?;
         let out = Command::new(std::env::current_exe()?)
@@ -571,68 +587,100 @@ fn run_once(keys: u64, scale: f64) -> Result<Vec<Row>> {
         };
         load.v[i] = keys as f64 / secs;
         eprintln!("  {} load: {:.0} writes/s", kind.name(), load.v[i]);
-
+        tmps.push(tmp);
+    }
+    // Both loads first, then both recoveries: an engine recovered (and compacting in the
+    // background) in this process must not slow down the other engine's load.
+    for (i, kind) in Kind::BOTH.into_iter().enumerate() {
         let t = Instant::now();
-        let engine = kind.open(&tmp.0)?;
+        engines.push(kind.open(&tmps[i].0)?);
         recover.v[i] = t.elapsed().as_secs_f64() * 1e3;
+        eprintln!("  {} recovery: {:.0} ms", kind.name(), recover.v[i]);
+    }
 
-        // Every acknowledged (durable) key survived?
-        let mut found = 0u64;
-        let mut bytes = 0u64;
-        let mut scan_lat = Vec::new();
-        let t = Instant::now();
-        for p in 0..Q {
+    // Scans, partition by partition, engines alternating; also checks that every
+    // acknowledged key survived the crash.
+    let mut scans = row(
+        format!("range scans: each of the {Q} partitions as one range"),
+        "keys/s",
+        true,
+    );
+    let mut found = [0u64; 2];
+    let mut logical = 0u64;
+    let mut scan_time = [Duration::ZERO; 2];
+    let mut scan_lat: [Vec<Duration>; 2] = Default::default();
+    for p in 0..Q {
+        let start = (p as u16).to_be_bytes();
+        let end = (p + 1 < Q).then(|| ((p + 1) as u16).to_be_bytes());
+        for i in 0..2 {
             let s = Instant::now();
-            let start = (p as u16).to_be_bytes();
-            let end = (p + 1 < Q).then(|| ((p + 1) as u16).to_be_bytes());
-            let kv = engine.scan(
+            let kv = engines[i].scan(
                 Space::Data,
                 &start,
                 end.as_ref().map(|e| &e[..]),
                 usize::MAX,
             )?;
-            found += kv.len() as u64;
-            bytes += kv
-                .iter()
-                .map(|(k, v)| (k.len() + v.len()) as u64)
-                .sum::<u64>();
-            scan_lat.push(s.elapsed());
-        }
-        let scan_elapsed = t.elapsed();
-        if found != keys {
-            bail!(
-                "{}: {found} of {keys} acknowledged keys after recovery",
-                kind.name()
-            );
-        }
-        let logical = bytes;
-        scan_lat.sort();
-        scans.v[i] = found as f64 / scan_elapsed.as_secs_f64();
-        scans.note[i] = format!(
-            "one partition ({} keys): p50 {:.2} ms",
-            found / u64::from(Q),
-            scan_lat[scan_lat.len() / 2].as_secs_f64() * 1e3
-        );
-        recover.note[i] = format!("all {found} acknowledged keys present");
-
-        let mut order: Vec<u64> = (0..keys).collect();
-        order.shuffle(&mut ChaCha8Rng::seed_from_u64(7));
-        let mut lat = Vec::with_capacity(order.len());
-        let t = Instant::now();
-        for &j in &order {
-            let s = Instant::now();
-            let v = engine.get(Space::Data, &stored_key(1, j))?;
-            lat.push(s.elapsed());
-            if v.is_none() {
-                bail!("{}: key {j} missing", kind.name());
+            let d = s.elapsed();
+            scan_time[i] += d;
+            scan_lat[i].push(d);
+            found[i] += kv.len() as u64;
+            if i == 0 {
+                logical += kv
+                    .iter()
+                    .map(|(k, v)| (k.len() + v.len()) as u64)
+                    .sum::<u64>();
             }
         }
-        let elapsed = t.elapsed();
-        lat.sort();
+    }
+    for i in 0..2 {
+        if found[i] != keys {
+            bail!(
+                "{}: {} of {keys} acknowledged keys after recovery",
+                Kind::BOTH[i].name(),
+                found[i]
+            );
+        }
+        scan_lat[i].sort();
+        scans.v[i] = found[i] as f64 / scan_time[i].as_secs_f64();
+        scans.note[i] = format!(
+            "one partition ({} keys): p50 {:.2} ms",
+            found[i] / u64::from(Q),
+            scan_lat[i][scan_lat[i].len() / 2].as_secs_f64() * 1e3
+        );
+        recover.note[i] = format!("all {} acknowledged keys present", found[i]);
+    }
+
+    // Random point reads, engines alternating in chunks.
+    let mut reads = row(
+        format!("random point reads ({keys} gets over {keys} keys, 1 thread)"),
+        "reads/s",
+        true,
+    );
+    let mut order: Vec<u64> = (0..keys).collect();
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(7));
+    let chunk = order.len().div_ceil(CHUNKS as usize).max(1);
+    let mut read_time = [Duration::ZERO; 2];
+    let mut read_lat: [Vec<Duration>; 2] = Default::default();
+    for part in order.chunks(chunk) {
+        for i in 0..2 {
+            let t = Instant::now();
+            for &j in part {
+                let s = Instant::now();
+                let v = engines[i].get(Space::Data, &stored_key(1, j))?;
+                read_lat[i].push(s.elapsed());
+                if v.is_none() {
+                    bail!("{}: key {j} missing", Kind::BOTH[i].name());
+                }
+            }
+            read_time[i] += t.elapsed();
+        }
+    }
+    for i in 0..2 {
+        read_lat[i].sort();
         let timed = Timed {
             ops: keys,
-            elapsed,
-            lat,
+            elapsed: read_time[i],
+            lat: std::mem::take(&mut read_lat[i]),
         };
         reads.v[i] = timed.rate();
         reads.note[i] = format!(
@@ -640,9 +688,13 @@ fn run_once(keys: u64, scale: f64) -> Result<Vec<Row>> {
             timed.pct(0.5).as_secs_f64() * 1e6,
             timed.pct(0.99).as_secs_f64() * 1e6
         );
+    }
 
+    let mut disk = row("disk space after load and recovery".into(), "MiB", false);
+    let mut reopen = row("reopen after a clean close".into(), "ms", false);
+    for (i, engine) in engines.into_iter().enumerate() {
         engine.sync()?;
-        let (apparent, allocated) = dir_bytes(&tmp.0);
+        let (apparent, allocated) = dir_bytes(&tmps[i].0);
         disk.v[i] = apparent as f64 / f64::from(1 << 20);
         disk.note[i] = format!(
             "{:.2}× the {:.0} MiB of keys+records; allocated {:.0} MiB; size_bytes() {:.0} MiB",
@@ -651,20 +703,19 @@ fn run_once(keys: u64, scale: f64) -> Result<Vec<Row>> {
             allocated as f64 / f64::from(1 << 20),
             engine.size_bytes() as f64 / f64::from(1 << 20)
         );
-        eprintln!(
-            "  {}: recover {:.0} ms, reads {:.0}/s, scans {:.0} keys/s, disk {:.0} MiB",
-            kind.name(),
-            recover.v[i],
-            reads.v[i],
-            scans.v[i],
-            disk.v[i]
-        );
-
         drop(engine);
         let t = Instant::now();
-        let engine = kind.open(&tmp.0)?;
+        let engine = Kind::BOTH[i].open(&tmps[i].0)?;
         reopen.v[i] = t.elapsed().as_secs_f64() * 1e3;
         drop(engine);
+        eprintln!(
+            "  {}: reads {:.0}/s, scans {:.0} keys/s, disk {:.0} MiB, clean reopen {:.0} ms",
+            Kind::BOTH[i].name(),
+            reads.v[i],
+            scans.v[i],
+            disk.v[i],
+            reopen.v[i]
+        );
     }
     rows.extend([load, recover, reads, scans, disk, reopen]);
     Ok(rows)
