@@ -4,7 +4,7 @@
 //!
 //! `DYNAMO_SOAK_SECS` sets the loaded phase (default 40 s, the CI run); the 10-minute run
 //! recorded in docs/benchmarks.md is
-//! `DYNAMO_SOAK_SECS=600 cargo test --release -p dynamo-node --test soak -- --nocapture`.
+//! `DYNAMO_SOAK_SECS=600 cargo test -p dynamo-node --test soak -- --nocapture`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 

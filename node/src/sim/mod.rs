@@ -132,7 +132,7 @@ impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "seed {} failed: {}\n{}\nreplay: cargo run --release --features sim --bin dynamo-sim -- --seed {}",
+            "seed {} failed: {}\n{}\nreplay: cargo run --release -p dynamo-node --features sim --bin dynamo-sim -- --seed {}",
             self.seed, self.message, self.trace, self.seed
         )
     }
