@@ -2,6 +2,7 @@
 //! the background tasks, started and stopped together.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -87,6 +88,10 @@ pub struct Node {
     pub request_permits: Arc<tokio::sync::Semaphore>,
     shutdown: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    started: tokio::time::Instant,
+    /// Set once the member has known its peers (see [`Node::readiness`]); never unset, so
+    /// a peer going down later does not make this member unready too.
+    peers_known: std::sync::atomic::AtomicBool,
 }
 
 impl Node {
@@ -255,6 +260,8 @@ impl Node {
             )),
             shutdown,
             tasks: Mutex::new(Vec::new()),
+            started: tokio::time::Instant::now(),
+            peers_known: std::sync::atomic::AtomicBool::new(false),
         });
 
         let ctx = ServerContext {
@@ -293,7 +300,7 @@ impl Node {
         self.shutdown.send_replace(true);
         let tasks: Vec<JoinHandle<()>> = std::mem::take(&mut *self.tasks.lock());
         for t in tasks {
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), t).await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }
         if let Err(e) = self.store.close().await {
             tracing::error!(error = %e, "closing the store failed");
@@ -318,13 +325,40 @@ impl Node {
             return Err("not part of a cluster yet".into());
         };
         match view.status_of(&self.config.id) {
-            Some(crate::membership::MemberStatus::Up) => Ok(()),
-            Some(crate::membership::MemberStatus::Leaving) => Ok(()),
+            Some(crate::membership::MemberStatus::Up)
+            | Some(crate::membership::MemberStatus::Leaving) => self.peers_readiness(&view),
             Some(crate::membership::MemberStatus::Removed) => {
                 Err("removed from the cluster".into())
             }
             None => Err("waiting to be joined to the cluster".into()),
         }
+    }
+
+    /// A restarted member knows the ring from disk but learns its peers' addresses by
+    /// gossip; until then every request it coordinated would reach no other replica and
+    /// fail its quorum. So it is ready once it knows every other member of the ring — or,
+    /// since peers may really be down (a whole-cluster restart), after a grace period.
+    fn peers_readiness(&self, view: &ClusterView) -> Result<(), String> {
+        use std::sync::atomic::Ordering;
+        if self.peers_known.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let unknown: Vec<String> = view
+            .active_members()
+            .filter(|m| **m != self.config.id && self.membership.peer_addr(m).is_none())
+            .map(|m| m.to_string())
+            .collect();
+        let grace = (self.config.gossip_interval * 10)
+            .clamp(Duration::from_secs(3), Duration::from_secs(30));
+        if unknown.is_empty() || self.started.elapsed() >= grace {
+            self.peers_known.store(true, Ordering::Relaxed);
+            return Ok(());
+        }
+        Err(format!(
+            "not yet heard of {} by gossip: {}",
+            unknown.len(),
+            unknown.join(", ")
+        ))
     }
 }
 

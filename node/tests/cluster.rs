@@ -455,3 +455,58 @@ async fn write_without_quorum_is_reported_as_failed() {
     let read = c.get("lonely", "?r=3").await.unwrap();
     assert_eq!(read.status.as_u16(), 503);
 }
+
+/// A restarted member reports ready only once it can reach its peers, so the first write
+/// it coordinates after turning ready meets its quorum (a load balancer sends traffic the
+/// moment a member is ready). With its peers down it still turns ready after a grace
+/// period, so a whole-cluster restart cannot deadlock on readiness.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restarted_member_is_ready_once_it_can_reach_its_peers() {
+    let mut cluster = Cluster::start(3, Options::default()).await;
+    let ready = |c: dynamo::cli::client::HttpClient| async move {
+        c.admin_get("/readyz")
+            .await
+            .is_ok_and(|r| r.status.as_u16() == 200)
+    };
+    for round in 0..3 {
+        cluster.kill9(1);
+        cluster.restart(1).await;
+        let c = cluster.client(1);
+        cluster
+            .wait_for("m1 ready", Duration::from_secs(30), || ready(c.clone()))
+            .await;
+        let key = format!("right-after-restart-{round}");
+        let put = cluster
+            .app_client(1)
+            .put(&key, Bytes::from_static(b"v"), None, "?w=2")
+            .await
+            .unwrap();
+        assert_eq!(put.status.as_u16(), 204, "round {round}: {}", put.text());
+    }
+
+    // Peers down: not ready at first, ready after the grace period (3 s here).
+    cluster.stop(1);
+    cluster.stop(2);
+    cluster.kill9(0);
+    let restarted = std::time::Instant::now();
+    cluster.restart(0).await;
+    let c = cluster.client(0);
+    let first = c.admin_get("/readyz").await.unwrap();
+    if restarted.elapsed() < Duration::from_millis(2500) {
+        assert_eq!(first.status.as_u16(), 503, "{}", first.text());
+        assert!(
+            first.text().contains("not yet heard of 2 by gossip"),
+            "{}",
+            first.text()
+        );
+    } else {
+        eprintln!("the machine was too slow to observe readiness before the grace period");
+    }
+    cluster
+        .wait_for(
+            "m0 ready without its peers",
+            Duration::from_secs(30),
+            || ready(c.clone()),
+        )
+        .await;
+}
