@@ -9,11 +9,12 @@ use k8s_openapi::api::apps::v1::{
     StatefulSetUpdateStrategy,
 };
 use k8s_openapi::api::core::v1::{
-    Affinity, ConfigMap, ConfigMapEnvSource, Container, ContainerPort, EnvFromSource, EnvVar,
-    EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity, PodSpec, PodTemplateSpec, Probe,
-    Secret, SecretVolumeSource, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
-    VolumeResourceRequirements, WeightedPodAffinityTerm,
+    Affinity, Capabilities, ConfigMap, ConfigMapEnvSource, Container, ContainerPort, EnvFromSource,
+    EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, SeccompProfile, Secret, SecretVolumeSource, SecurityContext, Service,
+    ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+    WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -30,6 +31,8 @@ pub const DATA_DIR: &str = "/data";
 pub const TOKEN_DIR: &str = "/etc/dynamo/token";
 pub const CLIENT_TOKEN_DIR: &str = "/etc/dynamo/client-token";
 pub const PEER_TLS_DIR: &str = "/etc/dynamo/peer-tls";
+/// The user and group the node image runs as (see the Dockerfile).
+pub const MEMBER_UID: i64 = 65532;
 pub const CONTAINER: &str = "dynamo";
 /// Name of the volume claim template; PVCs are `data-<name>-<ordinal>`.
 pub const DATA_VOLUME: &str = "data";
@@ -517,6 +520,15 @@ pub fn pod_template(dc: &DynamoCluster, names: &Names, inputs: &Inputs) -> PodTe
         env: Some(env),
         // Ready = an up (or leaving) member of the ring, not merely listening.
         readiness_probe: Some(http_probe("/readyz", 5, 2)),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
         liveness_probe: Some(Probe {
             initial_delay_seconds: Some(10),
             ..http_probe("/healthz", 10, 6)
@@ -547,6 +559,20 @@ pub fn pod_template(dc: &DynamoCluster, names: &Names, inputs: &Inputs) -> PodTe
             service_account_name: s.pod.service_account_name.clone(),
             termination_grace_period_seconds: Some(s.pod.termination_grace_period_seconds),
             enable_service_links: Some(false),
+            // The image runs as 65532; fsGroup makes a fresh volume (root-owned on most
+            // cloud disks) writable for it.
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                run_as_user: Some(MEMBER_UID),
+                run_as_group: Some(MEMBER_UID),
+                fs_group: Some(MEMBER_UID),
+                fs_group_change_policy: Some("OnRootMismatch".into()),
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
             ..Default::default()
         }),
     }
@@ -846,6 +872,22 @@ mod tests {
         assert!(vols.iter().any(|v| v.name == "client-token"));
         assert!(!vols.iter().any(|v| v.name == "peer-tls"));
         assert!(!config_data(&dc, &names).contains_key("DYNAMO_TLS_CERT"));
+    }
+
+    #[test]
+    fn members_run_hardened_with_a_writable_volume() {
+        let dc = cluster(3);
+        let names = Names::of(&dc);
+        let sts = statefulset(&dc, &names, &Inputs::for_cluster(&dc, 3));
+        let pod = sts.spec.unwrap().template.spec.unwrap();
+        let psc = pod.security_context.unwrap();
+        assert_eq!(psc.run_as_non_root, Some(true));
+        assert_eq!(psc.fs_group, Some(65532));
+        assert_eq!(psc.seccomp_profile.unwrap().type_, "RuntimeDefault");
+        let csc = pod.containers[0].security_context.clone().unwrap();
+        assert_eq!(csc.read_only_root_filesystem, Some(true));
+        assert_eq!(csc.allow_privilege_escalation, Some(false));
+        assert_eq!(csc.capabilities.unwrap().drop.unwrap(), ["ALL"]);
     }
 
     #[test]
