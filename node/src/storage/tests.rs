@@ -306,3 +306,114 @@ fn record_decoder_rejects_garbage() {
     good.push(0);
     assert!(decode_record(&good).is_err(), "trailing bytes");
 }
+
+/// An engine whose fsyncs fail while `failing` is set — after applying the batch, as a
+/// journal write that reached the OS but not the disk would.
+struct FailingFsync {
+    inner: MemoryEngine,
+    failing: std::sync::atomic::AtomicBool,
+}
+
+impl Engine for FailingFsync {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.inner.get(space, key)
+    }
+    fn write(&self, ops: &[BatchOp], sync: bool) -> Result<(), StorageError> {
+        self.inner.write(ops, sync)?;
+        if sync && self.failing.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(StorageError::Engine(
+                "fsync: Input/output error (os error 5)".into(),
+            ));
+        }
+        Ok(())
+    }
+    fn scan(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<engine::KeyValue>, StorageError> {
+        self.inner.scan(space, start, end, limit)
+    }
+    fn sync(&self) -> Result<(), StorageError> {
+        if self.failing.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(StorageError::Engine(
+                "fsync: Input/output error (os error 5)".into(),
+            ));
+        }
+        self.inner.sync()
+    }
+    fn blocking(&self) -> bool {
+        false
+    }
+    fn size_bytes(&self) -> u64 {
+        self.inner.size_bytes()
+    }
+}
+
+/// A failed fsync fails every write of its group commit (none is acknowledged, whether it
+/// coordinates, merges a replica's version or stores a hint), and writes succeed again once
+/// fsyncs do.
+#[tokio::test]
+async fn failed_fsync_fails_the_writes_it_covers_and_then_recovers() {
+    use std::sync::atomic::Ordering;
+    let engine = Arc::new(FailingFsync {
+        inner: MemoryEngine::new(),
+        failing: std::sync::atomic::AtomicBool::new(false),
+    });
+    let store = Store::open(engine.clone(), StoreConfig::default()).unwrap();
+    store.init_partitions(64).await.unwrap();
+    store
+        .coordinate(
+            1,
+            Bytes::from_static(b"before"),
+            write(Some("v"), VersionVector::new()),
+        )
+        .await
+        .unwrap();
+
+    engine.failing.store(true, Ordering::Relaxed);
+    let writes = (0..8).map(|i| {
+        store.coordinate(
+            2,
+            Bytes::from(format!("during-{i}")),
+            write(Some("v"), VersionVector::new()),
+        )
+    });
+    for result in futures_util::future::join_all(writes).await {
+        let err = result.expect_err("a write whose fsync failed was acknowledged");
+        assert!(err.to_string().contains("Input/output error"), "{err}");
+    }
+    let (replica, _) = Object::default().write(WriteRequest {
+        actor: ActorId(9),
+        min_counter: 0,
+        context: &VersionVector::new(),
+        value: Some(Bytes::from_static(b"r")),
+        timestamp_ms: 2,
+        mode: ConflictMode::Siblings,
+    });
+    assert!(
+        store
+            .merge(
+                3,
+                Bytes::from_static(b"replica"),
+                replica,
+                ConflictMode::Siblings
+            )
+            .await
+            .is_err()
+    );
+
+    engine.failing.store(false, Ordering::Relaxed);
+    store
+        .coordinate(
+            1,
+            Bytes::from_static(b"after"),
+            write(Some("v"), VersionVector::new()),
+        )
+        .await
+        .unwrap();
+    assert!(store.get(1, b"before").unwrap().is_some());
+    assert!(store.get(1, b"after").unwrap().is_some());
+}
