@@ -117,18 +117,30 @@ async fn full_disk_fails_writes_and_recovers() {
     assert!(!acked.is_empty(), "nothing fitted on the disk");
 
     // Space returns: the member takes writes again by itself.
+    // Each attempt writes a fresh key: a blind retry of one key after an attempt that failed
+    // but reached the journal would rightly leave two siblings.
     disk.resize("256m");
+    let attempt = std::sync::atomic::AtomicUsize::new(0);
+    let after_space = std::sync::Mutex::new(String::new());
     cluster
         .wait_for(
             "writes to succeed once space returned",
             Duration::from_secs(60),
             || async {
-                c.put("after-space", Bytes::from_static(b"back"), None, "")
+                let n = attempt.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let key = format!("after-space-{n}");
+                let ok = c
+                    .put(&key, Bytes::from_static(b"back"), None, "")
                     .await
-                    .is_ok_and(|r| r.status.as_u16() == 204)
+                    .is_ok_and(|r| r.status.as_u16() == 204);
+                if ok {
+                    *after_space.lock().unwrap() = key;
+                }
+                ok
             },
         )
         .await;
+    let after_space = after_space.into_inner().unwrap();
 
     // Every acknowledged write is there, before and after a crash and restart.
     for round in ["live", "after kill -9 and restart"] {
@@ -137,17 +149,17 @@ async fn full_disk_fails_writes_and_recovers() {
             assert_eq!(r.status.as_u16(), 200, "k{k} ({round})");
             assert!(r.body == value_of(k), "k{k} has the wrong value ({round})");
         }
-        let r = c.get("after-space", "").await.unwrap();
+        let r = c.get(&after_space, "").await.unwrap();
         assert_eq!(r.body, Bytes::from_static(b"back"), "{round}");
         if round == "live" {
             cluster.kill9(i);
             cluster.restart(i).await;
-            let c2 = c.clone();
+            let (c2, key) = (c.clone(), after_space.clone());
             cluster
                 .wait_for("the member to serve reads", Duration::from_secs(30), || {
-                    let c = c2.clone();
+                    let (c, key) = (c2.clone(), key.clone());
                     async move {
-                        c.get("after-space", "")
+                        c.get(&key, "")
                             .await
                             .is_ok_and(|r| r.status.as_u16() == 200)
                     }

@@ -14,34 +14,46 @@ use dynamo::cli::client::HttpClient;
 
 const NEW_TOKEN: &str = "rotated-cluster-token-9876543210";
 
-/// Writes through `via` with W = 3, which needs every member to take the write from it.
-async fn write_everywhere(cluster: &Cluster, via: usize, key: &str) {
+/// Writes through `via` with W = 3, which needs every member to take the write from it;
+/// returns the key acknowledged. Each attempt writes a fresh key: a blind retry of the same
+/// key after a partly applied attempt would rightly leave two siblings.
+async fn write_everywhere(cluster: &Cluster, via: usize, key: &str) -> String {
     let c = cluster.app_client(via);
+    let acked = std::sync::Mutex::new(None);
+    let attempt = std::sync::atomic::AtomicUsize::new(0);
     cluster
         .wait_for(
             &format!("{key} written to all 3 replicas through m{via}"),
             Duration::from_secs(30),
             || async {
-                c.put(key, Bytes::from(key.to_string()), None, "?w=3")
+                let n = attempt.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let k = format!("{key}-try{n}");
+                let ok = c
+                    .put(&k, Bytes::from(k.clone()), None, "?w=3")
                     .await
-                    .is_ok_and(|r| r.status.as_u16() == 204)
+                    .is_ok_and(|r| r.status.as_u16() == 204);
+                if ok {
+                    *acked.lock().unwrap() = Some(k);
+                }
+                ok
             },
         )
         .await;
+    acked.into_inner().unwrap().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_token_rotates_one_member_at_a_time() {
     let mut cluster = Cluster::start(3, Options::default()).await;
     cluster.wait_settled(3, Duration::from_secs(60)).await;
-    write_everywhere(&cluster, 0, "before").await;
+    let before = write_everywhere(&cluster, 0, "before").await;
 
     let phases: [(&str, Vec<String>); 3] = [
         (TOKEN, vec![format!("--accept-cluster-tokens={NEW_TOKEN}")]),
         (NEW_TOKEN, vec![format!("--accept-cluster-tokens={TOKEN}")]),
         (NEW_TOKEN, vec![]),
     ];
-    let mut written = vec!["before".to_string()];
+    let mut written = vec![before];
     for (phase, (token, extra)) in phases.iter().enumerate() {
         for i in 0..3 {
             cluster.stop(i);
@@ -51,8 +63,7 @@ async fn cluster_token_rotates_one_member_at_a_time() {
             // Mixed tokens: the restarted member and the others still reach each other.
             for via in [i, (i + 1) % 3] {
                 let key = format!("phase{phase}-m{i}-via{via}");
-                write_everywhere(&cluster, via, &key).await;
-                written.push(key);
+                written.push(write_everywhere(&cluster, via, &key).await);
             }
         }
     }
