@@ -101,10 +101,25 @@ async fn slow_and_excess_clients_are_cut_off() {
         .write_all(b"PUT /v1/kv/slow HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    // ...so another request is shed with 503 overloaded and Retry-After.
-    let shed = cluster.app_client(0).get("any", "").await.unwrap();
-    assert_eq!(shed.status.as_u16(), 503, "{}", shed.text());
+    // ...so another request is shed with 503 overloaded and Retry-After (polled: the
+    // member takes the slot when it has read the slow request's headers).
+    let app = cluster.app_client(0);
+    let shed = std::sync::Mutex::new(None);
+    cluster
+        .wait_for(
+            "a request shed as overloaded",
+            Duration::from_secs(10),
+            || async {
+                let reply = app.get("any", "").await.unwrap();
+                let overloaded = reply.status.as_u16() == 503;
+                if overloaded {
+                    *shed.lock().unwrap() = Some(reply);
+                }
+                overloaded
+            },
+        )
+        .await;
+    let shed = shed.into_inner().unwrap().unwrap();
     assert_eq!(shed.json().unwrap()["code"], "overloaded");
     assert_eq!(shed.headers.get("retry-after").unwrap(), "1");
     // The slow body is given up on with 408 after the request deadline (3 s here).
@@ -136,15 +151,24 @@ async fn slow_and_excess_clients_are_cut_off() {
     for _ in 0..3 {
         held.push(TcpStream::connect(&http).await.unwrap());
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut excess = TcpStream::connect(&http).await.unwrap();
-    let _ = excess
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    // Polled: the member counts a connection once it has accepted it.
+    cluster
+        .wait_for(
+            "a connection past the limit closed without an answer",
+            Duration::from_secs(20),
+            || async {
+                let Ok(mut excess) = TcpStream::connect(&http).await else {
+                    return false;
+                };
+                let _ = excess
+                    .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    .await;
+                read_until_closed(&mut excess, Duration::from_secs(5))
+                    .await
+                    .is_some_and(|answer| answer.is_empty())
+            },
+        )
         .await;
-    let answer = read_until_closed(&mut excess, Duration::from_secs(10))
-        .await
-        .expect("the excess connection was left open");
-    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
     drop(held);
 
     // Once the held connections are gone, both refusals show in the metrics.
