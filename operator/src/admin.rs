@@ -1,7 +1,8 @@
 //! The node admin API (`/v1/cluster/*`) as the operator uses it, behind [`NodeAdmin`] so the
 //! state machine can be driven by a fake in tests.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -11,6 +12,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
 
 /// `GET /v1/cluster/members`.
@@ -132,6 +135,9 @@ pub enum AdminError {
     },
     #[error("{member} sent an unreadable answer: {message}")]
     Decode { member: String, message: String },
+    /// The CA to verify the member's HTTPS certificate with is missing or unusable.
+    #[error("cannot verify {member} over HTTPS: {message}")]
+    Tls { member: String, message: String },
 }
 
 impl AdminError {
@@ -155,31 +161,58 @@ impl AdminError {
 pub struct Endpoint {
     pub member: String,
     pub base_url: String,
+    /// For an `https://` base URL: the PEM CA bundle that must have signed the member's
+    /// certificate (the `ca.crt` of the cluster's `spec.peerTls` Secret).
+    pub https_ca: Option<Arc<[u8]>>,
 }
 
 /// Builds a member's base URL from a template with `{pod}`, `{service}` and `{namespace}`
 /// placeholders (default `http://{pod}.{service}.{namespace}.svc:8080`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AddressTemplate(pub String);
+pub struct AddressTemplate {
+    template: String,
+    https_ca: Option<Arc<[u8]>>,
+}
 
 impl Default for AddressTemplate {
     fn default() -> Self {
-        AddressTemplate(DEFAULT_ADDRESS_TEMPLATE.to_string())
+        AddressTemplate::new(DEFAULT_ADDRESS_TEMPLATE)
     }
 }
 
 pub const DEFAULT_ADDRESS_TEMPLATE: &str = "http://{pod}.{service}.{namespace}.svc:8080";
 
 impl AddressTemplate {
+    pub fn new(template: impl Into<String>) -> Self {
+        AddressTemplate {
+            template: template.into(),
+            https_ca: None,
+        }
+    }
+
+    /// The same addresses for members that serve HTTPS: `http://` becomes `https://` and
+    /// members must present a certificate that `ca_pem` signed.
+    pub fn with_https(&self, ca_pem: Arc<[u8]>) -> Self {
+        let template = match self.template.strip_prefix("http://") {
+            Some(rest) => format!("https://{rest}"),
+            None => self.template.clone(),
+        };
+        AddressTemplate {
+            template,
+            https_ca: Some(ca_pem),
+        }
+    }
+
     pub fn endpoint(&self, pod: &str, service: &str, namespace: &str) -> Endpoint {
         let base_url = self
-            .0
+            .template
             .replace("{pod}", pod)
             .replace("{service}", service)
             .replace("{namespace}", namespace);
         Endpoint {
             member: pod.to_string(),
             base_url: base_url.trim_end_matches('/').to_string(),
+            https_ca: self.https_ca.clone(),
         }
     }
 }
@@ -211,22 +244,71 @@ impl ClusterReports {
     }
 }
 
-/// [`NodeAdmin`] over plain HTTP/1 (hyper-util); members serve no TLS.
+type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// [`NodeAdmin`] over HTTP/1 (hyper-util): plain HTTP, or HTTPS verified against the CA the
+/// endpoint names (one pooled client per CA).
 #[derive(Clone)]
 pub struct HttpNodeAdmin {
-    client: Client<HttpConnector, Full<Bytes>>,
+    plain: Client<HttpConnector, Full<Bytes>>,
+    https: Arc<Mutex<HashMap<Arc<[u8]>, HttpsClient>>>,
     timeout: Duration,
 }
 
 impl HttpNodeAdmin {
     pub fn new(timeout: Duration) -> Self {
+        let plain = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(Self::connector(timeout));
+        HttpNodeAdmin {
+            plain,
+            https: Arc::default(),
+            timeout,
+        }
+    }
+
+    fn connector(timeout: Duration) -> HttpConnector {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(timeout));
         connector.set_nodelay(true);
+        connector
+    }
+
+    /// The HTTPS client that trusts exactly `ca_pem` (built once per CA).
+    fn https_client(&self, ca_pem: &Arc<[u8]>) -> Result<HttpsClient, String> {
+        let mut clients = self.https.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(client) = clients.get(ca_pem) {
+            return Ok(client.clone());
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(ca_pem) {
+            let cert = cert.map_err(|e| format!("unreadable CA bundle: {e}"))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("unusable CA certificate: {e}"))?;
+        }
+        if roots.is_empty() {
+            return Err("the CA bundle holds no certificate".into());
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS configuration: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let mut http = Self::connector(self.timeout);
+        http.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(config)
+            .https_only()
+            .enable_http1()
+            .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
-        HttpNodeAdmin { client, timeout }
+        clients.insert(ca_pem.clone(), client.clone());
+        Ok(client)
     }
 
     async fn call(
@@ -256,10 +338,23 @@ impl HttpNodeAdmin {
         let request = builder
             .body(body)
             .map_err(|e| unreachable(format!("bad request {url}: {e}")))?;
-        let response = tokio::time::timeout(self.timeout, self.client.request(request))
+        let pending = if url.starts_with("https://") {
+            let ca = at.https_ca.as_ref().ok_or_else(|| AdminError::Tls {
+                member: at.member.clone(),
+                message: format!("{url}: no CA to verify the member with"),
+            })?;
+            let client = self.https_client(ca).map_err(|message| AdminError::Tls {
+                member: at.member.clone(),
+                message,
+            })?;
+            client.request(request)
+        } else {
+            self.plain.request(request)
+        };
+        let response = tokio::time::timeout(self.timeout, pending)
             .await
             .map_err(|_| unreachable(format!("no answer from {url} within {:?}", self.timeout)))?
-            .map_err(|e| unreachable(format!("{url}: {e}")))?;
+            .map_err(|e| unreachable(format!("{url}: {}", error_chain(&e))))?;
         let status = response.status();
         let bytes = tokio::time::timeout(self.timeout, response.into_body().collect())
             .await
@@ -284,6 +379,19 @@ impl HttpNodeAdmin {
             message: format!("{path}: {e}"),
         })
     }
+}
+
+/// An error with its causes: hyper's "client error (Connect)" alone hides e.g. which
+/// certificate check failed.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 fn api_error(member: &str, status: StatusCode, body: &[u8]) -> AdminError {
@@ -381,8 +489,37 @@ mod tests {
         let e = t.endpoint("db-1", "db-peers", "prod");
         assert_eq!(e.base_url, "http://db-1.db-peers.prod.svc:8080");
         assert_eq!(e.member, "db-1");
-        let local = AddressTemplate("http://127.0.0.1:18080/".into()).endpoint("db-0", "x", "y");
+        let local = AddressTemplate::new("http://127.0.0.1:18080/").endpoint("db-0", "x", "y");
         assert_eq!(local.base_url, "http://127.0.0.1:18080");
+        assert_eq!(local.https_ca, None);
+    }
+
+    #[test]
+    fn https_template_switches_the_scheme_and_carries_the_ca() {
+        let ca: Arc<[u8]> = Arc::from(&b"-----BEGIN CERTIFICATE-----"[..]);
+        let e = AddressTemplate::default()
+            .with_https(ca.clone())
+            .endpoint("db-1", "db-peers", "prod");
+        assert_eq!(e.base_url, "https://db-1.db-peers.prod.svc:8080");
+        assert_eq!(e.https_ca, Some(ca));
+    }
+
+    #[tokio::test]
+    async fn https_without_a_usable_ca_is_refused_before_connecting() {
+        let admin = HttpNodeAdmin::new(Duration::from_secs(1));
+        // Port 9 on loopback: nothing is contacted, the CA is checked first.
+        let mut at = Endpoint {
+            member: "db-0".into(),
+            base_url: "https://127.0.0.1:9".into(),
+            https_ca: None,
+        };
+        let err = admin.members(&at, "token").await.unwrap_err();
+        assert!(matches!(err, AdminError::Tls { .. }), "{err}");
+        assert!(err.to_string().contains("no CA"), "{err}");
+        at.https_ca = Some(Arc::from(&b"not a certificate"[..]));
+        let err = admin.members(&at, "token").await.unwrap_err();
+        assert!(matches!(err, AdminError::Tls { .. }), "{err}");
+        assert!(err.to_string().contains("no certificate"), "{err}");
     }
 
     #[test]

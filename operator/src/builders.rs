@@ -225,6 +225,9 @@ pub fn config_data(dc: &DynamoCluster, names: &Names) -> BTreeMap<String, String
         put("DYNAMO_TLS_KEY", format!("{PEER_TLS_DIR}/tls.key"));
         put("DYNAMO_TLS_CA", format!("{PEER_TLS_DIR}/ca.crt"));
     }
+    if serves_https(dc) {
+        put("DYNAMO_TLS_HTTP", "true".into());
+    }
     put("DYNAMO_PARTITIONS", s.partitions.to_string());
     put("DYNAMO_N", s.replication.n.to_string());
     put("DYNAMO_R", s.replication.r.to_string());
@@ -381,11 +384,23 @@ fn default_affinity(names: &Names) -> Affinity {
     }
 }
 
-fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
+/// Whether members serve their client and admin API over HTTPS (`spec.peerTls.https`).
+pub fn serves_https(dc: &DynamoCluster) -> bool {
+    dc.spec.peer_tls.as_ref().is_some_and(|t| t.https)
+}
+
+/// The URL scheme of the members' HTTP API, for probes and scrapers.
+fn http_scheme(dc: &DynamoCluster) -> &'static str {
+    if serves_https(dc) { "HTTPS" } else { "HTTP" }
+}
+
+fn http_probe(dc: &DynamoCluster, path: &str, period: i32, failures: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
             port: IntOrString::String("http".into()),
+            // The kubelet does not verify certificates of HTTPS probes: the scheme is enough.
+            scheme: Some(http_scheme(dc).into()),
             ..Default::default()
         }),
         period_seconds: Some(period),
@@ -519,7 +534,7 @@ pub fn pod_template(dc: &DynamoCluster, names: &Names, inputs: &Inputs) -> PodTe
         }]),
         env: Some(env),
         // Ready = an up (or leaving) member of the ring, not merely listening.
-        readiness_probe: Some(http_probe("/readyz", 5, 2)),
+        readiness_probe: Some(http_probe(dc, "/readyz", 5, 2)),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
@@ -531,7 +546,7 @@ pub fn pod_template(dc: &DynamoCluster, names: &Names, inputs: &Inputs) -> PodTe
         }),
         liveness_probe: Some(Probe {
             initial_delay_seconds: Some(10),
-            ..http_probe("/healthz", 10, 6)
+            ..http_probe(dc, "/healthz", 10, 6)
         }),
         resources: s.resources.clone(),
         volume_mounts: Some(mounts),
@@ -650,6 +665,15 @@ pub fn service_monitor(dc: &DynamoCluster, names: &Names) -> DynamicObject {
     l.extend(settings.labels.clone());
     metadata.labels = Some(l);
     let mut endpoint = serde_json::json!({ "port": "http", "path": "/metrics", "scheme": "http" });
+    if let Some(tls) = dc.spec.peer_tls.as_ref().filter(|t| t.https) {
+        endpoint["scheme"] = "https".into();
+        // Verify members against the cluster's CA. Any name under the headless Service
+        // matches the certificate the members must present (`*.<name>-peers.<ns>.svc`).
+        endpoint["tlsConfig"] = serde_json::json!({
+            "ca": { "secret": { "name": tls.secret_name, "key": "ca.crt" } },
+            "serverName": format!("{}.{}.{}.svc", names.pod(0), names.peer_service(), names.namespace),
+        });
+    }
     if let Some(interval) = &settings.interval {
         endpoint["interval"] = interval.clone().into();
     }
@@ -895,6 +919,7 @@ mod tests {
         let mut dc = cluster(3);
         dc.spec.peer_tls = Some(crate::crd::PeerTls {
             secret_name: "db-peer-cert".into(),
+            https: false,
         });
         let names = Names::of(&dc);
         let config = config_data(&dc, &names);
@@ -923,6 +948,39 @@ mod tests {
             mounts
                 .iter()
                 .any(|m| m.name == "peer-tls" && m.mount_path == "/etc/dynamo/peer-tls")
+        );
+    }
+
+    #[test]
+    fn https_api_uses_the_peer_certificate_for_probes_and_scrapes() {
+        let mut dc = cluster(3);
+        let names = Names::of(&dc);
+        let probe_schemes = |dc: &DynamoCluster| {
+            let sts = statefulset(dc, &names, &Inputs::for_cluster(dc, 3));
+            let c = sts.spec.unwrap().template.spec.unwrap().containers[0].clone();
+            [c.readiness_probe, c.liveness_probe]
+                .map(|p| p.unwrap().http_get.unwrap().scheme.unwrap())
+        };
+        assert_eq!(probe_schemes(&dc), ["HTTP", "HTTP"]);
+        assert_eq!(
+            service_monitor(&dc, &names).data["spec"]["endpoints"][0]["scheme"],
+            "http"
+        );
+
+        dc.spec.peer_tls = Some(crate::crd::PeerTls {
+            secret_name: "db-cert".into(),
+            https: true,
+        });
+        assert!(serves_https(&dc));
+        assert_eq!(config_data(&dc, &names)["DYNAMO_TLS_HTTP"], "true");
+        assert_eq!(probe_schemes(&dc), ["HTTPS", "HTTPS"]);
+        let endpoint = service_monitor(&dc, &names).data["spec"]["endpoints"][0].clone();
+        assert_eq!(endpoint["scheme"], "https");
+        assert_eq!(endpoint["tlsConfig"]["ca"]["secret"]["name"], "db-cert");
+        assert_eq!(endpoint["tlsConfig"]["ca"]["secret"]["key"], "ca.crt");
+        assert_eq!(
+            endpoint["tlsConfig"]["serverName"],
+            "db-0.db-peers.prod.svc"
         );
     }
 

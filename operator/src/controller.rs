@@ -59,6 +59,8 @@ pub enum Error {
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("cluster token: {0}")]
     Token(String),
+    #[error("HTTPS to the members (spec.peerTls): {0}")]
+    Tls(String),
     #[error("the DynamoCluster has no namespace")]
     NoNamespace,
     #[error("serializing: {0}")]
@@ -76,6 +78,7 @@ impl Error {
                 _ => "finalizer",
             },
             Error::Token(_) => "token",
+            Error::Tls(_) => "tls",
             Error::NoNamespace => "namespace",
             Error::Json(_) => "json",
         }
@@ -290,6 +293,33 @@ async fn ensure_token(dc: &DynamoCluster, ctx: &Context, names: &Names) -> Resul
         )));
     }
     Ok(value)
+}
+
+/// With `spec.peerTls.https`: the CA (`ca.crt` of the peer TLS Secret) that the members'
+/// HTTPS certificates are verified against.
+async fn https_ca(
+    dc: &DynamoCluster,
+    ctx: &Context,
+    names: &Names,
+) -> Result<Option<Arc<[u8]>>, Error> {
+    let Some(tls) = dc.spec.peer_tls.as_ref().filter(|t| t.https) else {
+        return Ok(None);
+    };
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &names.namespace);
+    let secret = secrets.get_opt(&tls.secret_name).await?.ok_or_else(|| {
+        Error::Tls(format!(
+            "Secret {} (spec.peerTls) not found",
+            tls.secret_name
+        ))
+    })?;
+    let ca = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get("ca.crt"))
+        .map(|b| b.0.clone())
+        .filter(|b| !b.is_empty())
+        .ok_or_else(|| Error::Tls(format!("Secret {} has no ca.crt", tls.secret_name)))?;
+    Ok(Some(Arc::from(ca)))
 }
 
 fn pod_obs(pod: &Pod, update_revision: Option<&str>) -> PodObs {
@@ -617,6 +647,10 @@ async fn apply_inner(dc: &DynamoCluster, ctx: &Context) -> Result<Action, Error>
     let ns = names.namespace.clone();
     let client = &ctx.client;
     let token = ensure_token(dc, ctx, &names).await?;
+    let address = match https_ca(dc, ctx, &names).await? {
+        Some(ca) => ctx.address.with_https(ca),
+        None => ctx.address.clone(),
+    };
 
     // --- observe
     let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
@@ -654,7 +688,7 @@ async fn apply_inner(dc: &DynamoCluster, ctx: &Context) -> Result<Action, Error>
         })
         .collect();
     let (cluster, unclustered, failures) =
-        observe_cluster(ctx.admin.as_ref(), &ctx.address, &names, &token, &pods).await;
+        observe_cluster(ctx.admin.as_ref(), &address, &names, &token, &pods).await;
     let previous = dc.status.clone().unwrap_or_default();
     let observed = Observed {
         spec_replicas: dc.spec.replicas,
@@ -706,7 +740,7 @@ async fn apply_inner(dc: &DynamoCluster, ctx: &Context) -> Result<Action, Error>
     // --- execute steps
     let (mut outcome, done) = run_admin_steps(
         ctx.admin.as_ref(),
-        &ctx.address,
+        &address,
         &names,
         &token,
         &plan,
@@ -778,7 +812,10 @@ async fn apply_inner(dc: &DynamoCluster, ctx: &Context) -> Result<Action, Error>
     let mut problems: Vec<String> = outcome.problems.clone();
     // Members that run and are ready but do not answer are a problem; starting ones are not.
     for f in &failures {
-        if let AdminError::Unreachable { member, .. }
+        if matches!(f, AdminError::Tls { .. }) {
+            // A configuration problem, not a member still starting.
+            problems.push(f.to_string());
+        } else if let AdminError::Unreachable { member, .. }
         | AdminError::Api { member, .. }
         | AdminError::Decode { member, .. } = f
             && names

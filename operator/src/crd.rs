@@ -119,6 +119,11 @@ pub struct PeerTls {
     /// Name of the Secret (in the cluster's namespace).
     #[schemars(length(min = 1, max = 253))]
     pub secret_name: String,
+    /// Also serve the client and admin HTTP API over HTTPS with the same certificate (which
+    /// must then also name the client Service, `<name>.<namespace>.svc`). The operator
+    /// verifies members against `ca.crt`; probes and the ServiceMonitor use HTTPS.
+    #[serde(default)]
+    pub https: bool,
 }
 
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]

@@ -369,6 +369,8 @@ pub struct SimState {
     /// Admin calls received, e.g. `join db-3`.
     pub calls: Vec<String>,
     pub unreachable: BTreeSet<String>,
+    /// Every endpoint called, in order (to check scheme and CA).
+    pub endpoints: Vec<Endpoint>,
 }
 
 /// A simulated dynamo cluster answering the admin API: bootstrap, join, leave, and handoffs
@@ -446,7 +448,8 @@ impl FakeCluster {
     }
 
     fn check(&self, at: &Endpoint) -> Result<(), AdminError> {
-        let st = self.state.lock().unwrap();
+        let mut st = self.state.lock().unwrap();
+        st.endpoints.push(at.clone());
         if st.unreachable.contains(&at.member)
             || !st.members.get(&at.member).is_some_and(|m| m.running)
         {

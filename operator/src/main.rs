@@ -102,7 +102,7 @@ async fn main() -> anyhow::Result<()> {
     let ctx = Arc::new(Context::new(
         client,
         admin,
-        AddressTemplate(args.member_url),
+        AddressTemplate::new(args.member_url),
         metrics,
         timing,
     ));

@@ -687,6 +687,48 @@ async fn missing_token_secret_is_reported_and_backs_off() {
 }
 
 #[tokio::test]
+async fn https_members_are_called_over_https_with_the_secrets_ca() {
+    use base64::Engine as _;
+    let mut s = spec(3);
+    s.peer_tls = Some(crate::crd::PeerTls {
+        secret_name: "db-cert".into(),
+        https: true,
+    });
+    let h = Harness::new(s);
+    h.reconcile().await; // finalizer
+    // The Secret is missing: reported, no plain-HTTP fallback.
+    let err = reconcile(Arc::new(h.dc()), h.ctx.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), "tls");
+    let d = condition(&h.status(), DEGRADED).cloned().unwrap();
+    assert!(d.message.contains("db-cert"), "{}", d.message);
+    assert!(h.cluster.state.lock().unwrap().endpoints.is_empty());
+
+    let ca = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    h.api.put(
+        &format!("/api/v1/namespaces/{NS}/secrets/db-cert"),
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+            "metadata": { "name": "db-cert", "namespace": NS },
+            "data": { "ca.crt": base64::engine::general_purpose::STANDARD.encode(ca) },
+        }),
+    );
+    h.settle(30).await;
+    let st = h.cluster.state.lock().unwrap();
+    assert!(st.bootstrapped);
+    assert!(!st.endpoints.is_empty());
+    for e in &st.endpoints {
+        assert!(
+            e.base_url.starts_with("https://") && e.base_url.ends_with(".db-peers.prod.svc:8080"),
+            "{}",
+            e.base_url
+        );
+        assert_eq!(e.https_ca.as_deref(), Some(&ca[..]));
+    }
+}
+
+#[tokio::test]
 async fn service_monitor_only_when_its_crd_is_served() {
     let mut s = spec(3);
     s.monitoring.service_monitor.enabled = true;

@@ -38,6 +38,7 @@ impl Loopback {
         Endpoint {
             member: e.member.clone(),
             base_url: format!("http://127.0.0.1:{}", self.ports[&e.member]),
+            https_ca: None,
         }
     }
 }
@@ -486,4 +487,125 @@ async fn operator_state_machine_drives_real_nodes() {
         c.stop(i).await;
     }
     let _ = std::fs::remove_dir_all(&c.dir);
+}
+
+/// Writes a CA and a certificate for `names`, signed by it; returns (ca, cert, key) PEM.
+fn test_certificates(names: &[&str]) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let cert = CertificateParams::new(names)
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    (ca_cert.pem(), cert.pem(), key.serialize_pem())
+}
+
+/// `spec.peerTls.https`: the operator's admin client reaches a real member over HTTPS,
+/// verifying it against the cluster's CA and host name, and refuses a member whose
+/// certificate another CA signed or that does not name the host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_client_verifies_members_over_https() {
+    let Ok(bin) = std::env::var("DYNAMO_NODE_BIN") else {
+        eprintln!("skipped: set DYNAMO_NODE_BIN to the dynamo binary (cargo build -p dynamo-node)");
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("dynamo-operator-https-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ca, cert, key) = test_certificates(&["localhost"]);
+    let (other_ca, _, _) = test_certificates(&["localhost"]);
+    for (file, pem) in [("ca.crt", &ca), ("tls.crt", &cert), ("tls.key", &key)] {
+        std::fs::write(dir.join(file), pem).unwrap();
+    }
+    let (http_port, peer_port) = (free_port(), free_port());
+    let log = std::fs::File::create(dir.join("db-0.log")).unwrap();
+    let mut member = tokio::process::Command::new(&bin)
+        .arg("node")
+        .env("DYNAMO_ID", "db-0")
+        .env("DYNAMO_LISTEN", format!("127.0.0.1:{http_port}"))
+        .env("DYNAMO_PEER_LISTEN", format!("127.0.0.1:{peer_port}"))
+        .env("DYNAMO_DATA_DIR", dir.join("data"))
+        .env("DYNAMO_CLUSTER_TOKEN", TOKEN)
+        .env("DYNAMO_PARTITIONS", "16")
+        .env("DYNAMO_N", "1")
+        .env("DYNAMO_R", "1")
+        .env("DYNAMO_W", "1")
+        .env("DYNAMO_TLS_CERT", dir.join("tls.crt"))
+        .env("DYNAMO_TLS_KEY", dir.join("tls.key"))
+        .env("DYNAMO_TLS_CA", dir.join("ca.crt"))
+        .env("DYNAMO_TLS_HTTP", "true")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start dynamo node");
+
+    let admin = HttpNodeAdmin::new(Duration::from_secs(3));
+    let template = AddressTemplate::new(format!("http://localhost:{http_port}"));
+    let at = template
+        .with_https(Arc::from(ca.as_bytes()))
+        .endpoint("db-0", "db-peers", "test");
+    assert!(
+        at.base_url.starts_with("https://localhost:"),
+        "{}",
+        at.base_url
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let before = loop {
+        match admin.members(&at, TOKEN).await {
+            Ok(report) => break report,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("waiting for the member: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => {
+                let log = std::fs::read_to_string(dir.join("db-0.log")).unwrap_or_default();
+                panic!("member not reachable over HTTPS: {e}\n{log}");
+            }
+        }
+    };
+    assert!(!before.has_cluster());
+    assert_eq!(
+        admin.bootstrap(&at, TOKEN).await.unwrap(),
+        BootstrapOutcome::Created
+    );
+    assert!(admin.members(&at, TOKEN).await.unwrap().has_cluster());
+    assert!(admin.ring(&at, TOKEN).await.unwrap().epoch > 0);
+
+    // Another CA: the member's certificate is not trusted.
+    let untrusted = template
+        .with_https(Arc::from(other_ca.as_bytes()))
+        .endpoint("db-0", "db-peers", "test");
+    let err = admin.members(&untrusted, TOKEN).await.unwrap_err();
+    eprintln!("another CA, refused as expected: {err}");
+    assert!(matches!(err, AdminError::Unreachable { .. }), "{err}");
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "{err}"
+    );
+
+    // The right CA, but a host name the certificate does not carry.
+    let wrong_name = AddressTemplate::new(format!("http://127.0.0.1:{http_port}"))
+        .with_https(Arc::from(ca.as_bytes()))
+        .endpoint("db-0", "db-peers", "test");
+    let err = admin.members(&wrong_name, TOKEN).await.unwrap_err();
+    eprintln!("host name not in the certificate, refused as expected: {err}");
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "{err}"
+    );
+
+    // Plain HTTP is not served on the HTTPS port.
+    let plain = template.endpoint("db-0", "db-peers", "test");
+    assert!(admin.members(&plain, TOKEN).await.is_err());
+
+    let _ = member.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
