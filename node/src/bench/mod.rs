@@ -12,6 +12,9 @@
 //!
 //! Every run is bounded in time and in operations.
 
+#[cfg(feature = "cassandra")]
+mod cassandra;
+mod peers;
 mod target;
 mod zipf;
 
@@ -26,6 +29,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
+#[cfg(feature = "cassandra")]
+pub use cassandra::CassandraTarget;
+pub use peers::{EtcdTarget, NginxTarget};
 pub use target::{DynamoTarget, Target, TargetError};
 pub use zipf::KeyChooser;
 
@@ -51,6 +57,20 @@ impl Workload {
             Workload::Write => 0.0,
         }
     }
+}
+
+/// The store a run drives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetKind {
+    /// dynamo-rs over its HTTP API.
+    Dynamo,
+    /// etcd v3 over its JSON gRPC gateway (linearizable reads).
+    Etcd,
+    /// Apache Cassandra over CQL, QUORUM reads and writes (needs the `cassandra` feature).
+    Cassandra,
+    /// nginx serving one static file for every key (reads only: workload c).
+    Nginx,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]

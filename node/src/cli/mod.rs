@@ -73,7 +73,11 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Members' HTTP addresses, comma-separated (requests are spread over them).
+    /// The store to drive: dynamo-rs, or a peer it is compared with (bench/compare.sh).
+    #[arg(long, value_enum, default_value = "dynamo")]
+    pub target: crate::bench::TargetKind,
+    /// Members' addresses, comma-separated (requests are spread over them): HTTP for
+    /// dynamo, etcd (its client URL) and nginx, CQL (host:9042) for cassandra.
     #[arg(
         long,
         value_delimiter = ',',
@@ -400,9 +404,30 @@ pub async fn run(cli: Cli) -> Result<i32> {
 }
 
 async fn bench(args: BenchArgs) -> Result<i32> {
+    use crate::bench::{Target, TargetKind, Workload};
     use indicatif::{ProgressBar, ProgressStyle};
-    let target = crate::bench::DynamoTarget::new(&args.endpoints, &args.label, args.token.clone());
-    if !args.no_load {
+    let target: Arc<dyn Target> = match args.target {
+        TargetKind::Dynamo => {
+            crate::bench::DynamoTarget::new(&args.endpoints, &args.label, args.token.clone())
+        }
+        TargetKind::Etcd => crate::bench::EtcdTarget::new(&args.endpoints, &args.label)?,
+        TargetKind::Nginx => {
+            if args.workload != Workload::C {
+                bail!("nginx serves a static file: only --workload c");
+            }
+            crate::bench::NginxTarget::new(&args.endpoints, &args.label)?
+        }
+        #[cfg(feature = "cassandra")]
+        TargetKind::Cassandra => {
+            crate::bench::CassandraTarget::connect(&args.endpoints, &args.label).await?
+        }
+        #[cfg(not(feature = "cassandra"))]
+        TargetKind::Cassandra => {
+            bail!("this build has no Cassandra client: build with --features cassandra")
+        }
+    };
+    // nginx has nothing to load: every key is the same static file.
+    if !args.no_load && args.target != TargetKind::Nginx {
         let bar = ProgressBar::new(args.records);
         bar.set_style(
             ProgressStyle::with_template("loading {bar:40} {pos}/{len} records ({per_sec})")
