@@ -8,6 +8,8 @@ need_apt=()
 for tool in curl jq git; do
   command -v "$tool" >/dev/null 2>&1 || need_apt+=("$tool")
 done
+# cc: Rust links with it; disk.rs also builds an LD_PRELOAD shim with it.
+command -v cc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -1,10 +1,10 @@
-//! A full disk: writes fail with a clear, retryable error and are never acknowledged;
-//! nothing acknowledged is lost; the member recovers by itself when space returns and
-//! after a restart.
+//! Disk faults: a full disk and failing fsyncs. Writes fail with a clear, retryable error
+//! and are never acknowledged; nothing acknowledged is lost; the member recovers by itself
+//! when space returns or fsyncs work again, and after a restart.
 //!
-//! Needs root (it mounts a small tmpfs as the member's data directory). Without root it
-//! says so and passes, unless `DYNAMO_REQUIRE_ROOT_TESTS=1` (set by scripts/test.sh) makes
-//! that a failure.
+//! The full-disk test needs root (it mounts a small tmpfs as the member's data directory).
+//! Without root it says so and passes, unless `DYNAMO_REQUIRE_ROOT_TESTS=1` (set by
+//! scripts/test.sh) makes that a failure. The fsync test needs only a C compiler.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
@@ -169,4 +169,145 @@ async fn full_disk_fails_writes_and_recovers() {
     }
     cluster.stop(i);
     drop(disk);
+}
+
+/// Builds tests/support/fail_fsync.c into an LD_PRELOAD library.
+fn build_fail_fsync_shim(dir: &Path) -> PathBuf {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/fail_fsync.c");
+    let out = dir.join("libfail_fsync.so");
+    let status = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O2", "-Wall", "-o"])
+        .arg(&out)
+        .arg(&source)
+        .arg("-ldl")
+        .status()
+        .expect("running cc (scripts/setup.sh installs it)");
+    assert!(status.success(), "building {}", source.display());
+    out
+}
+
+/// fsync errors in the real engine, injected at the libc boundary of the real member
+/// process (an LD_PRELOAD shim makes every fsync/fdatasync fail with EIO while a flag file
+/// exists): no write is acknowledged while fsyncs fail, the process stays up, writes resume
+/// by themselves when fsyncs work again, and every acknowledged write survives kill -9.
+/// A refused write may or may not be there afterwards, but never half-written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fsync_errors_are_never_acknowledged_and_the_member_recovers() {
+    let mut cluster = Cluster::spawn(
+        0,
+        Options {
+            n: 1,
+            r: 1,
+            w: 1,
+            ..Options::default()
+        },
+    );
+    let shim = build_fail_fsync_shim(cluster.dir.path());
+    let flag = cluster.dir.path().join("fail-fsync");
+    let count = cluster.dir.path().join("fail-fsync.count");
+    let i = cluster.new_member();
+    cluster.members[i].env = vec![
+        ("LD_PRELOAD".into(), shim.display().to_string()),
+        ("DYNAMO_FAIL_FSYNC_FLAG".into(), flag.display().to_string()),
+    ];
+    cluster.start_member(i);
+    cluster.wait_healthy_all().await;
+    let c = cluster.app_client(0);
+    let value = |k: &str| Bytes::from(format!("{k}-").repeat(64));
+
+    let mut acked = Vec::new();
+    for k in 0..20 {
+        let key = format!("before-{k}");
+        let r = c.put(&key, value(&key), None, "").await.unwrap();
+        assert_eq!(r.status.as_u16(), 204, "{key}: {}", r.text());
+        acked.push(key);
+    }
+
+    // The disk starts failing fsyncs: every write is refused, retryably.
+    std::fs::write(&flag, b"").unwrap();
+    let mut refused = Vec::new();
+    for k in 0..10 {
+        let key = format!("during-{k}");
+        let r = c.put(&key, value(&key), None, "").await.unwrap();
+        assert_ne!(
+            r.status.as_u16(),
+            204,
+            "{key} acknowledged while fsync fails"
+        );
+        assert_eq!(r.status.as_u16(), 503, "{key}: {}", r.text());
+        assert_eq!(r.json().unwrap()["code"], "storage_error", "{key}");
+        refused.push(key);
+    }
+    let failed_fsyncs = std::fs::metadata(&count).map(|m| m.len()).unwrap_or(0);
+    eprintln!(
+        "{} writes refused, {failed_fsyncs} fsyncs failed",
+        refused.len()
+    );
+    assert!(failed_fsyncs > 0, "the shim never failed an fsync");
+    assert!(
+        cluster.members[i]
+            .child
+            .as_mut()
+            .unwrap()
+            .try_wait()
+            .unwrap()
+            .is_none(),
+        "the member exited on fsync errors"
+    );
+
+    // fsyncs work again: writes resume without a restart (fresh keys, see above).
+    std::fs::remove_file(&flag).unwrap();
+    let attempt = std::sync::atomic::AtomicUsize::new(0);
+    let resumed = std::sync::Mutex::new(String::new());
+    cluster
+        .wait_for(
+            "writes to succeed once fsyncs work",
+            Duration::from_secs(60),
+            || async {
+                let n = attempt.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let key = format!("after-{n}");
+                let ok = c
+                    .put(&key, value(&key), None, "")
+                    .await
+                    .is_ok_and(|r| r.status.as_u16() == 204);
+                if ok {
+                    *resumed.lock().unwrap() = key;
+                }
+                ok
+            },
+        )
+        .await;
+    acked.push(resumed.into_inner().unwrap());
+
+    for round in ["live", "after kill -9 and restart"] {
+        for key in &acked {
+            let r = c.get(key, "").await.unwrap();
+            assert_eq!(r.status.as_u16(), 200, "{key} ({round})");
+            assert_eq!(r.body, value(key), "{key} ({round})");
+        }
+        for key in &refused {
+            let r = c.get(key, "").await.unwrap();
+            match r.status.as_u16() {
+                404 => {}
+                200 => assert_eq!(r.body, value(key), "{key} half-written ({round})"),
+                other => panic!("{key} ({round}): {other} {}", r.text()),
+            }
+        }
+        if round == "live" {
+            cluster.kill9(i);
+            cluster.restart(i).await;
+            let (c2, key) = (c.clone(), acked[0].clone());
+            cluster
+                .wait_for("the member to serve reads", Duration::from_secs(30), || {
+                    let (c, key) = (c2.clone(), key.clone());
+                    async move {
+                        c.get(&key, "")
+                            .await
+                            .is_ok_and(|r| r.status.as_u16() == 200)
+                    }
+                })
+                .await;
+        }
+    }
+    cluster.stop(i);
 }

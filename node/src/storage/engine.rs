@@ -83,7 +83,14 @@ pub struct FjallEngine {
     cache_bytes: u64,
     inner: parking_lot::RwLock<Option<FjallInner>>,
     reopens: std::sync::atomic::AtomicU64,
+    /// When the last reopen failed: retries are spaced by [`REOPEN_RETRY`].
+    failed_reopen_at: parking_lot::Mutex<Option<std::time::Instant>>,
 }
+
+/// How long after a failed reopen the next operation may try again: often enough to
+/// recover within a second of the cause going away, rarely enough that a dead disk does not
+/// turn every request into a database recovery.
+const REOPEN_RETRY: std::time::Duration = std::time::Duration::from_millis(250);
 
 struct FjallInner {
     db: fjall::Database,
@@ -125,6 +132,7 @@ impl FjallEngine {
             cache_bytes,
             inner: parking_lot::RwLock::new(Some(inner)),
             reopens: std::sync::atomic::AtomicU64::new(0),
+            failed_reopen_at: parking_lot::Mutex::new(None),
         })
     }
 
@@ -132,6 +140,11 @@ impl FjallEngine {
         &self,
         f: impl FnOnce(&FjallInner) -> Result<T, StorageError>,
     ) -> Result<T, StorageError> {
+        if self.inner.read().is_none() {
+            // A reopen failed earlier. Any operation retries it, not only writes: a write
+            // usually starts with a read, so waiting for a write would wait forever.
+            self.retry_reopen();
+        }
         match self.inner.read().as_ref() {
             Some(inner) => f(inner),
             None => Err(StorageError::Engine(
@@ -141,24 +154,48 @@ impl FjallEngine {
     }
 
     /// After a poisoning failure: drop the database and open it again (recovering from
-    /// its journal). Fails, and is retried on the next write, while the cause persists.
+    /// its journal). Fails while the cause persists; later operations retry it.
     fn reopen(&self) {
         let mut guard = self.inner.write();
         drop(guard.take());
+        self.open_into(&mut guard);
+    }
+
+    /// Retries a failed reopen, at most once per [`REOPEN_RETRY`].
+    fn retry_reopen(&self) {
+        let mut guard = self.inner.write();
+        if guard.is_some() {
+            return; // another operation reopened it meanwhile
+        }
+        let due = self
+            .failed_reopen_at
+            .lock()
+            .is_none_or(|at| at.elapsed() >= REOPEN_RETRY);
+        if due {
+            self.open_into(&mut guard);
+        }
+    }
+
+    fn open_into(&self, slot: &mut Option<FjallInner>) {
         match FjallInner::open(&self.dir, self.cache_bytes) {
             Ok(inner) => {
-                *guard = Some(inner);
+                *slot = Some(inner);
+                *self.failed_reopen_at.lock() = None;
                 self.reopens
                     .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 tracing::warn!(dir = %self.dir.display(), "storage engine reopened after a write failure");
             }
             Err(e) => {
+                *self.failed_reopen_at.lock() = Some(std::time::Instant::now());
                 tracing::error!(dir = %self.dir.display(), error = %e, "reopening the storage engine failed; will retry")
             }
         }
     }
 
     fn write_inner(&self, ops: &[BatchOp], sync: bool) -> Result<(), fjall::Error> {
+        if self.inner.read().is_none() {
+            self.retry_reopen();
+        }
         let guard = self.inner.read();
         let inner = guard.as_ref().ok_or(fjall::Error::Poisoned)?;
         let mut batch = inner.db.batch();
@@ -193,7 +230,9 @@ impl Engine for FjallEngine {
                 // A failed journal write or fsync poisons the database (every later write
                 // fails), so any write failure reopens it.
                 let err = engine_err(e);
-                self.reopen();
+                if self.inner.read().is_some() {
+                    self.reopen();
+                }
                 Err(err)
             }
         }
@@ -230,7 +269,7 @@ impl Engine for FjallEngine {
                 .persist(fjall::PersistMode::SyncAll)
                 .map_err(engine_err)
         });
-        if result.is_err() {
+        if result.is_err() && self.inner.read().is_some() {
             self.reopen();
         }
         result

@@ -30,6 +30,8 @@ pub struct Member {
     pub dir: PathBuf,
     pub child: Option<Child>,
     pub extra: Vec<String>,
+    /// Extra environment of the member's process.
+    pub env: Vec<(String, String)>,
     pub token: String,
 }
 
@@ -125,6 +127,7 @@ impl Cluster {
             dir,
             child: None,
             extra: self.opts.extra.clone(),
+            env: Vec::new(),
             token: TOKEN.to_string(),
         });
     }
@@ -162,6 +165,7 @@ impl Cluster {
             .arg("--replica-timeout-ms=500")
             .arg("--request-timeout-ms=3000")
             .args(&m.extra)
+            .envs(m.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info,dynamo=debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
