@@ -3,11 +3,12 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Cluster, Options, start_workload, verify_ledger};
+use common::{Cluster, Options, start_routed_workload, start_workload, verify_ledger};
 
 async fn acked_writes_survive(members: usize) {
     let cluster = Cluster::start(members, Options::default()).await;
@@ -509,4 +510,83 @@ async fn restarted_member_is_ready_once_it_can_reach_its_peers() {
             || ready(c.clone()),
         )
         .await;
+}
+
+/// A rolling restart as the operator does it (SIGTERM one member, start it again, wait
+/// until it is ready and every member sees it alive, next) keeps both quorums: with N=3
+/// and W=2 no write may be refused while clients keep writing. Clients reach the members
+/// as through a Service: every ready member, and the stopping one until it has exited
+/// (its endpoint is removed while it shuts down), which then gives transport errors, not
+/// refusals by the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rolling_restart_refuses_no_write() {
+    let mut cluster = Cluster::start(3, Options::default()).await;
+    let endpoints = cluster.members.iter().map(|m| m.http()).collect();
+    let routable = Arc::new(parking_lot::Mutex::new(vec![true; 3]));
+    let (ledger, stop, handles) =
+        start_routed_workload(endpoints, routable.clone(), 6, 20_000, "roll");
+    let ready = |c: dynamo::cli::client::HttpClient| async move {
+        c.admin_get("/readyz")
+            .await
+            .is_ok_and(|r| r.status.as_u16() == 200)
+    };
+    for round in 0..2 {
+        for i in (0..3).rev() {
+            let before = ledger.acked.lock().len();
+            cluster
+                .wait_for(
+                    "the workload to make progress",
+                    Duration::from_secs(30),
+                    || {
+                        let ledger = ledger.clone();
+                        async move { ledger.acked.lock().len() >= before + 50 }
+                    },
+                )
+                .await;
+            cluster.stop(i);
+            routable.lock()[i] = false;
+            cluster.start_member(i);
+            let c = cluster.client(i);
+            cluster
+                .wait_for(
+                    &format!("m{i} ready (round {round})"),
+                    Duration::from_secs(30),
+                    || ready(c.clone()),
+                )
+                .await;
+            routable.lock()[i] = true;
+            for observer in 0..3 {
+                let c = &cluster;
+                c.wait_for(
+                    &format!("m{observer} to see m{i} alive (round {round})"),
+                    Duration::from_secs(30),
+                    || async move { c.sees_alive(observer, i).await == Some(true) },
+                )
+                .await;
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        h.await.unwrap();
+    }
+    let refused = ledger.unavailable.lock().clone();
+    let acked = ledger.acked.lock().len();
+    assert!(
+        refused.is_empty(),
+        "{} of {} writes refused during the rolling restart: {:#?}",
+        refused.len(),
+        acked + refused.len(),
+        &refused[..refused.len().min(10)]
+    );
+    assert!(
+        acked > 300,
+        "the workload made too little progress: {acked}"
+    );
+    let bad = verify_ledger(&cluster, 0, &ledger).await;
+    assert!(
+        bad.is_empty(),
+        "{} acknowledged writes lost: {bad:?}",
+        bad.len()
+    );
 }

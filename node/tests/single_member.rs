@@ -337,3 +337,18 @@ async fn admin_api_needs_the_cluster_token() {
     assert_eq!(ok.status.as_u16(), 200);
     assert_eq!(ok.json().unwrap()["settings"]["partitions"], 64);
 }
+
+/// A cluster with fewer members than N applies W to the replicas there are, and says so:
+/// `x-dynamo-w` is the W the write was held to, not the one configured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_smaller_than_n_reports_the_w_it_applied() {
+    let cluster = Cluster::start(1, Options::default()).await;
+    let w = cluster
+        .app_client(0)
+        .put("k", Bytes::from_static(b"v"), None, "")
+        .await
+        .unwrap();
+    assert_eq!(w.status.as_u16(), 204, "{}", w.text());
+    assert_eq!(w.header("x-dynamo-acks"), Some("1"));
+    assert_eq!(w.header("x-dynamo-w"), Some("1"));
+}

@@ -16,6 +16,7 @@ pub mod view;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -152,6 +153,8 @@ pub struct Membership {
     metrics: Metrics,
     state: Mutex<State>,
     view_tx: watch::Sender<Option<Arc<ClusterView>>>,
+    /// Whether an exchange with a peer believed down is under way (at most one at a time).
+    probing: AtomicBool,
 }
 
 impl Membership {
@@ -181,6 +184,7 @@ impl Membership {
                 leaves: BTreeSet::new(),
             }),
             view_tx,
+            probing: AtomicBool::new(false),
         })
     }
 
@@ -440,23 +444,33 @@ impl Membership {
         }
     }
 
-    /// One gossip round with one random peer (or a seed while we know nobody).
-    pub async fn gossip_round(&self) {
+    /// One gossip round: a heartbeat, then the four-step exchange with a live peer (or a
+    /// seed, now and then and while no peer is known). Returns a peer believed down to
+    /// probe as well, chosen now and then (see [`Membership::pick_peers`]).
+    pub async fn gossip_round(&self) -> Option<String> {
         self.update_self(|_| {});
-        let Some(addr) = self.pick_peer() else { return };
+        let (peer, probe) = self.pick_peers();
+        if let Some(addr) = peer {
+            self.exchange(&addr).await;
+        }
+        probe
+    }
+
+    /// The exchange with the member at `addr`: digest, delta, push.
+    async fn exchange(&self, addr: &str) {
         self.metrics.gossip_rounds.inc();
         let digest = self.digest();
         let timeout = self.config.gossip_interval.max(Duration::from_millis(500));
         let delta = match self
             .rpc
-            .call(&addr, Request::GossipDigest(digest), timeout)
+            .call(addr, Request::GossipDigest(digest), timeout)
             .await
         {
             Ok(Response::GossipDelta(d)) => d,
             Ok(_) => return,
             Err(e) => {
                 if matches!(e, RpcError::Unreachable(_)) {
-                    let id = self.id_by_addr(&addr);
+                    let id = self.id_by_addr(addr);
                     if let Some(id) = id {
                         self.report_unreachable(&id);
                     }
@@ -472,7 +486,7 @@ impl Membership {
         }
         let _ = self
             .rpc
-            .call(&addr, Request::GossipPush(push), timeout)
+            .call(addr, Request::GossipPush(push), timeout)
             .await;
     }
 
@@ -543,31 +557,50 @@ impl Membership {
             .map(|s| s.id.clone())
     }
 
-    fn pick_peer(&self) -> Option<String> {
+    /// The peer to gossip with this round, and now and then one believed down to probe.
+    ///
+    /// Heartbeats travel only by gossip, so a round spent on a member that is down is a
+    /// round in which no live peer hears from us; with a uniform pick, a 3-member cluster
+    /// with one member down let the two others go unheard for several rounds in a row
+    /// often enough for the detector to suspect them. So (as Cassandra does) every round
+    /// goes to a live peer, and a member believed down is probed besides, with probability
+    /// down / (live + 1), so that its return is noticed even before it gossips itself.
+    fn pick_peers(&self) -> (Option<String>, Option<String>) {
         let st = self.state.lock();
+        let now = Instant::now();
         let removed = |id: &MemberId| {
             st.view.as_ref().and_then(|v| v.status_of(id)) == Some(MemberStatus::Removed)
         };
-        let peers: Vec<&MemberState> = st
+        let (live, down): (Vec<&MemberState>, Vec<&MemberState>) = st
             .table
             .values()
             .filter(|s| s.id != self.me && !removed(&s.id))
-            .collect();
+            .partition(|s| self.alive_locked(&st, &s.id, now));
         let mut rng = self.env.rng.lock();
         // Now and then contact a seed even when peers are known, so that two groups that
         // started apart (or were cut apart) find each other.
-        let use_seed =
-            peers.is_empty() || (!self.config.seeds.is_empty() && rng.random_ratio(1, 10));
-        if use_seed {
+        let use_seed = (live.is_empty() && down.is_empty())
+            || (!self.config.seeds.is_empty() && rng.random_ratio(1, 10));
+        let peer = if use_seed {
             let seeds: Vec<&String> = self
                 .config
                 .seeds
                 .iter()
                 .filter(|s| **s != self.config.advertise_peer)
                 .collect();
-            return seeds.choose(&mut *rng).map(|s| (*s).clone());
-        }
-        peers.choose(&mut *rng).map(|s| s.peer_addr.clone())
+            seeds.choose(&mut *rng).map(|s| (*s).clone())
+        } else {
+            live.choose(&mut *rng).map(|s| s.peer_addr.clone())
+        };
+        let odds = (live.len() + 1) as u32;
+        let probe = if !down.is_empty() && rng.random_ratio((down.len() as u32).min(odds), odds) {
+            down.choose(&mut *rng)
+                .map(|s| s.peer_addr.clone())
+                .filter(|addr| peer.as_ref() != Some(addr))
+        } else {
+            None
+        };
+        (peer, probe)
     }
 
     /// Runs gossip until `shutdown`.
@@ -579,7 +612,17 @@ impl Membership {
                 _ = tick.tick() => {}
                 _ = shutdown.changed() => return,
             }
-            self.gossip_round().await;
+            if let Some(addr) = self.gossip_round().await
+                && !self.probing.swap(true, Ordering::AcqRel)
+            {
+                // In the background: a peer that is really gone may take the whole
+                // connect timeout to fail, and the live peers must not wait for it.
+                let this = self.clone();
+                tokio::spawn(async move {
+                    this.exchange(&addr).await;
+                    this.probing.store(false, Ordering::Release);
+                });
+            }
             self.claimant_duties();
             self.update_member_gauges();
         }

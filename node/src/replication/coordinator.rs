@@ -229,7 +229,9 @@ impl Replicator {
             sets.iter()
                 .all(|s| s.iter().filter(|m| acked.contains(*m)).count() >= w.min(s.len()))
         };
-        let w_reported = w as u32;
+        // What the client is told W was: less than asked while a replica set is smaller
+        // (a cluster with fewer members than N).
+        let w_reported = sets.iter().map(|s| w.min(s.len())).min().unwrap_or(w) as u32;
         if self.faults.ack_writes_before_quorum.load(Ordering::Relaxed) {
             self.spawn_deliveries(view, p, &key, &object, mode, &targets, local_replica);
             return ClientResponse::Written {
@@ -243,13 +245,15 @@ impl Replicator {
             self.spawn_deliveries(view, p, &key, &object, mode, &targets, local_replica);
         let deadline = Instant::now() + self.config.request_timeout;
         let mut pending = targets.len();
+        let mut outcomes: Vec<(MemberId, Delivery)> = Vec::new();
         while !needed(&acked) && pending > 0 {
             match tokio::time::timeout_at(deadline, results.recv()).await {
                 Ok(Some((target, delivery))) => {
                     pending -= 1;
                     if matches!(delivery, Delivery::Direct | Delivery::Hinted(_)) {
-                        acked.insert(target);
+                        acked.insert(target.clone());
                     }
+                    outcomes.push((target, delivery));
                 }
                 Ok(None) | Err(_) => break,
             }
@@ -266,13 +270,31 @@ impl Replicator {
                 .quorum_failures
                 .with_label_values(&["write"])
                 .inc();
-            ClientResponse::Unavailable {
-                needed: w_reported,
-                acks: acked.len() as u32,
-                reason: format!(
-                    "only {} of the replicas acknowledged the write in time; it may still reach the others",
+            tracing::debug!(key = %String::from_utf8_lossy(&key), partition = p, ?acked, ?outcomes, pending, "write quorum not reached");
+            // The set that fell short is the one to report: during a transition the
+            // acknowledgements of the old and the new replicas are counted apart.
+            let (acks, needed) = sets
+                .iter()
+                .map(|s| {
+                    let acks = s.iter().filter(|m| acked.contains(*m)).count();
+                    (acks, w.min(s.len()))
+                })
+                .find(|(acks, needed)| acks < needed)
+                .unwrap_or((acked.len(), w_reported as usize));
+            let reason = if sets.len() > 1 {
+                format!(
+                    "the key's replicas are moving, so a write needs {needed} acknowledgements from the old replicas and {needed} from the new ones; one of the two gave only {acks} in time ({} replicas in all); it may still reach the others",
                     acked.len()
-                ),
+                )
+            } else {
+                format!(
+                    "only {acks} of the replicas acknowledged the write in time; it may still reach the others"
+                )
+            };
+            ClientResponse::Unavailable {
+                needed: needed as u32,
+                acks: acks as u32,
+                reason,
             }
         }
     }
@@ -322,7 +344,8 @@ impl Replicator {
         used: &Mutex<BTreeSet<MemberId>>,
         local_replica: bool,
     ) -> Delivery {
-        if self.membership.is_alive(target)
+        let believed_up = self.membership.is_alive(target);
+        if believed_up
             && self
                 .replicate_to(target, p, key, object, mode, None)
                 .await
@@ -353,6 +376,17 @@ impl Replicator {
                 self.metrics.hints_stored.inc();
                 return Delivery::Hinted(fallback);
             }
+        }
+        // No stand-in took it. The detector is a guess (a peer is suspected after a few
+        // unlucky gossip rounds, and one restarted a moment ago has heard nobody yet), so
+        // before giving up on the replica, try it after all.
+        if !believed_up
+            && self
+                .replicate_to(target, p, key, object, mode, None)
+                .await
+                .is_ok()
+        {
+            return Delivery::Direct;
         }
         // Keep it here and retry until the target (or its successor) has it: the seed's
         // "retry list", made durable.

@@ -246,8 +246,15 @@ impl Cluster {
         }
     }
 
+    /// Prints the last lines of every member's log; with `DYNAMO_TEST_LOG_DIR` set, also
+    /// copies the whole logs there (the cluster's directory is deleted with it).
     pub fn dump_logs(&self) {
+        let keep = std::env::var_os("DYNAMO_TEST_LOG_DIR").map(PathBuf::from);
         for m in &self.members {
+            if let Some(dir) = &keep {
+                let _ = std::fs::create_dir_all(dir);
+                let _ = std::fs::copy(m.log(), dir.join(format!("{}.log", m.id)));
+            }
             let log = std::fs::read_to_string(m.log()).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(60).collect();
             eprintln!("===== {} ({}) last lines =====", m.id, m.ip);
@@ -429,6 +436,9 @@ impl Drop for Cluster {
 pub struct Ledger {
     pub acked: Arc<Mutex<BTreeMap<String, String>>>,
     pub failed: Arc<Mutex<u64>>,
+    /// Writes the store answered `503 unavailable` (quorum not reached); a subset of
+    /// `failed`, which also counts members that could not be reached at all.
+    pub unavailable: Arc<Mutex<Vec<String>>>,
     /// The first few failures, for diagnosis.
     pub errors: Arc<Mutex<Vec<String>>>,
 }
@@ -445,15 +455,33 @@ pub fn start_workload(
     Arc<std::sync::atomic::AtomicBool>,
     Vec<JoinHandle<()>>,
 ) {
+    let routable = Arc::new(Mutex::new(vec![true; endpoints.len()]));
+    start_routed_workload(endpoints, routable, writers, count, prefix)
+}
+
+/// [`start_workload`] sending only to the endpoints whose flag in `routable` is set, as a
+/// Service routes only to ready pods.
+pub fn start_routed_workload(
+    endpoints: Vec<String>,
+    routable: Arc<Mutex<Vec<bool>>>,
+    writers: usize,
+    count: usize,
+    prefix: &str,
+) -> (
+    Ledger,
+    Arc<std::sync::atomic::AtomicBool>,
+    Vec<JoinHandle<()>>,
+) {
     let ledger = Ledger::default();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut handles = Vec::new();
     for w in 0..writers {
-        let (ledger, stop, endpoints, prefix) = (
+        let (ledger, stop, endpoints, prefix, routable) = (
             ledger.clone(),
             stop.clone(),
             endpoints.clone(),
             prefix.to_string(),
+            routable.clone(),
         );
         handles.push(tokio::spawn(async move {
             let clients: Vec<HttpClient> = endpoints
@@ -466,13 +494,26 @@ pub fn start_workload(
                 }
                 let key = format!("{prefix}-{w}-{i}");
                 let value = format!("v-{w}-{i}");
-                let c = &clients[(w + i) % clients.len()];
+                let up: Vec<usize> = (0..clients.len()).filter(|&e| routable.lock()[e]).collect();
+                if up.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+                let c = &clients[up[(w + i) % up.len()]];
                 match c.put(&key, Bytes::from(value.clone()), None, "").await {
                     Ok(r) if r.status.as_u16() == 204 => {
                         ledger.acked.lock().insert(key, value);
                     }
                     other => {
                         *ledger.failed.lock() += 1;
+                        if let Ok(r) = &other
+                            && r.status.as_u16() == 503
+                        {
+                            ledger
+                                .unavailable
+                                .lock()
+                                .push(format!("{key}: {}", r.text()));
+                        }
                         let mut errors = ledger.errors.lock();
                         if errors.len() < 10 {
                             errors.push(match other {
