@@ -35,7 +35,9 @@
 #   --keep                    leave everything installed at the end (default: uninstall)
 # Environment: HELM (default: helm on PATH), KUBECTL (default: kubectl on PATH),
 # E2E_STEP_TIMEOUT (seconds, default 300: the bound of each wait), E2E_MAX_UNAVAILABLE
-# (default 0: store `503 unavailable` answers tolerated per scenario, still reported).
+# (default 0: store `503 unavailable` answers tolerated per scenario, still reported),
+# E2E_MEMBER_LOG_LEVEL (the DynamoCluster's logLevel; default info, with replication and
+# RPC failures at debug).
 # Needs helm 3, kubectl, curl, jq. The nodes must be able to run the images (pre-loaded with
 # imagePullPolicy IfNotPresent, e.g. `kind load docker-image`, or pullable).
 set -euo pipefail
@@ -54,6 +56,9 @@ ARTIFACTS="${ARTIFACTS:-}"
 KEEP=0
 STEP_TIMEOUT="${E2E_STEP_TIMEOUT:-300}"
 MAX_UNAVAILABLE="${E2E_MAX_UNAVAILABLE:-0}"
+# Replication and RPC failures at debug level: a refused request can be explained from the
+# member logs in the artifacts.
+MEMBER_LOG_LEVEL="${E2E_MEMBER_LOG_LEVEL:-info,dynamo::replication=debug,dynamo::rpc::client=debug}"
 TOLERATED=() NOTED=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -373,6 +378,7 @@ $( [ -n "$STORAGE_CLASS" ] && echo "    storageClassName: $STORAGE_CLASS" )
     limits: {memory: 256Mi}
   gossipIntervalMs: 500
   antiEntropyIntervalSeconds: 10
+  logLevel: "$MEMBER_LOG_LEVEL"
   pod:
     terminationGracePeriodSeconds: 30
 EOF

@@ -242,6 +242,7 @@ pub fn config_data(dc: &DynamoCluster, names: &Names) -> BTreeMap<String, String
         s.anti_entropy_interval_seconds.to_string(),
     );
     put("DYNAMO_LOG_FORMAT", "json".into());
+    put("RUST_LOG", s.log_level.clone());
     d
 }
 
@@ -751,6 +752,7 @@ mod tests {
         );
         assert_eq!(d["DYNAMO_CONFLICTS"], "siblings");
         assert_eq!(d["DYNAMO_LOG_FORMAT"], "json");
+        assert_eq!(d["RUST_LOG"], "info");
         assert!(!d.contains_key("DYNAMO_CLIENT_TOKEN_FILE"));
         // Seeds do not depend on replicas, so scaling does not roll the pods.
         assert_eq!(

@@ -747,6 +747,14 @@ async fn apply_inner(dc: &DynamoCluster, ctx: &Context) -> Result<Action, Error>
         observed.cluster.as_ref(),
     )
     .await;
+    let ring_changes: Vec<String> = done
+        .iter()
+        .filter_map(|(step, _)| match step {
+            Step::Join(i) => Some(format!("{} asked to join", names.pod(*i))),
+            Step::Leave(i) => Some(format!("{} asked to leave", names.pod(*i))),
+            _ => None,
+        })
+        .collect();
     for (step, note) in done {
         ctx.metrics
             .actions
@@ -840,6 +848,7 @@ async fn apply_inner(dc: &DynamoCluster, ctx: &Context) -> Result<Action, Error>
         observed: &observed,
         plan: &plan_for_status,
         problems: &problems,
+        ring_changes: &ring_changes,
         now,
     });
     transition_events(dc, ctx, &previous, &new_status, &plan).await;

@@ -89,6 +89,12 @@ pub struct DynamoClusterSpec {
     #[serde(default = "default_anti_entropy_interval_seconds")]
     #[schemars(range(min = 1, max = 86400))]
     pub anti_entropy_interval_seconds: i32,
+    /// Log filter of the members, in `RUST_LOG` syntax: a level (`info`, `debug`), or a
+    /// level with per-module levels (`info,dynamo::replication=debug`). Members read it
+    /// at start, so a change restarts them one at a time.
+    #[serde(default = "default_log_level")]
+    #[schemars(length(min = 1, max = 512), regex(pattern = r"^[A-Za-z0-9_:=,.-]+$"))]
+    pub log_level: String,
     /// Scheduling overrides of the member pods.
     #[serde(default)]
     pub pod: PodOverrides,
@@ -415,6 +421,9 @@ fn default_gossip_interval_ms() -> i32 {
 fn default_anti_entropy_interval_seconds() -> i32 {
     60
 }
+fn default_log_level() -> String {
+    "info".into()
+}
 fn default_storage_size() -> String {
     "1Gi".into()
 }
@@ -436,6 +445,7 @@ impl Default for DynamoClusterSpec {
             resources: None,
             gossip_interval_ms: default_gossip_interval_ms(),
             anti_entropy_interval_seconds: default_anti_entropy_interval_seconds(),
+            log_level: default_log_level(),
             pod: PodOverrides::default(),
             service: ServiceSettings::default(),
             monitoring: Monitoring::default(),

@@ -23,6 +23,10 @@ pub struct StatusInputs<'a> {
     pub plan: &'a Plan,
     /// Failures of this pass (admin calls refused, unreachable members): shown in messages.
     pub problems: &'a [String],
+    /// Joins and leaves the cluster accepted in this pass. Partitions start moving at
+    /// once, and a small cluster may finish before the next observation; the status of
+    /// this pass says the ring is changing so that `Rebalancing` is never skipped.
+    pub ring_changes: &'a [String],
     pub now: Time,
 }
 
@@ -54,6 +58,7 @@ pub fn compute(inp: &StatusInputs<'_>) -> DynamoClusterStatus {
         observed: o,
         plan,
         problems,
+        ring_changes,
         now,
     } = inp;
     let previous = dc.status.clone().unwrap_or_default();
@@ -224,7 +229,15 @@ pub fn compute(inp: &StatusInputs<'_>) -> DynamoClusterStatus {
     }
 
     // Rebalancing: partitions are moving between members.
+    let settled_before_the_changes =
+        handoffs.is_some_and(|h| h.settled()) && !ring.is_some_and(|r| r.in_transition);
     match handoffs {
+        Some(_) if settled_before_the_changes && !ring_changes.is_empty() => set(
+            REBALANCING,
+            "True",
+            "RingChangeRequested",
+            format!("{}; partitions are about to move", ring_changes.join(", ")),
+        ),
         Some(h) if !h.settled() || ring.is_some_and(|r| r.in_transition) => set(
             REBALANCING,
             "True",
@@ -373,6 +386,7 @@ mod tests {
             observed: o,
             plan: &p,
             problems,
+            ring_changes: &[],
             now: t(now),
         })
     }
@@ -526,6 +540,43 @@ mod tests {
                 .contains("7 partitions pending")
         );
         assert_eq!(s.handoffs_pending, Some(7));
+    }
+
+    /// A join accepted in this pass shows as rebalancing even though the observation
+    /// taken before it found the ring settled: a small cluster can finish moving its
+    /// partitions before the next pass, and `Rebalancing` must not be skipped.
+    #[test]
+    fn accepted_join_shows_as_rebalancing() {
+        let d = dc();
+        let o = healthy();
+        let names = Names::of(&d);
+        let p = plan(&o, &names);
+        let changes = vec!["db-3 asked to join".to_string()];
+        let s = compute(&StatusInputs {
+            dc: &d,
+            names: &names,
+            observed: &o,
+            plan: &p,
+            problems: &[],
+            ring_changes: &changes,
+            now: t("2026-01-01T00:00:00Z"),
+        });
+        assert_eq!(
+            cond(&s, REBALANCING),
+            ("True".into(), "RingChangeRequested".into())
+        );
+        assert!(
+            condition(&s, REBALANCING)
+                .unwrap()
+                .message
+                .contains("db-3 asked to join")
+        );
+        // The next pass observes the settled ring again.
+        let s = status_of(&d, &o, &[], "2026-01-01T00:00:05Z");
+        assert_eq!(
+            cond(&s, REBALANCING),
+            ("False".into(), "RingSettled".into())
+        );
     }
 
     #[test]
