@@ -603,8 +603,47 @@ impl Membership {
         (peer, probe)
     }
 
+    /// Peers reach this member by the peer address it advertises, which is often a DNS
+    /// name (a StatefulSet pod's, whose record appears only once the pod has an IP).
+    /// Announcing the member before the name resolves makes the peers look it up too
+    /// early, and resolvers cache the negative answer (CoreDNS for 5 s by default), so
+    /// for that long after the member is in the ring nobody can reach it: writes to it
+    /// become hints and a transition's new replica set misses its quorum. So gossip
+    /// starts once the name resolves here, or after a minute regardless.
+    async fn until_advertised_address_resolves(&self) {
+        const PATIENCE: Duration = Duration::from_secs(60);
+        let addr = self.config.advertise_peer.clone();
+        let started = Instant::now();
+        let mut reported = false;
+        loop {
+            match self.env.network.resolve(&addr).await {
+                Ok(()) => {
+                    if reported {
+                        tracing::info!(peer_addr = %addr, waited_ms = started.elapsed().as_millis() as u64, "advertised peer address resolves; starting gossip");
+                    }
+                    return;
+                }
+                Err(e) if started.elapsed() >= PATIENCE => {
+                    tracing::warn!(peer_addr = %addr, error = %e, "advertised peer address still does not resolve; gossiping anyway (peers cannot reach this member until it does)");
+                    return;
+                }
+                Err(e) => {
+                    if !reported {
+                        tracing::info!(peer_addr = %addr, error = %e, "waiting for the advertised peer address to resolve before gossiping");
+                        reported = true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        }
+    }
+
     /// Runs gossip until `shutdown`.
     pub async fn run_gossip(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        tokio::select! {
+            _ = self.until_advertised_address_resolves() => {}
+            _ = shutdown.changed() => return,
+        }
         let mut tick = tokio::time::interval(self.config.gossip_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -836,5 +875,100 @@ impl Membership {
         self.offer_view(view);
         self.view()
             .ok_or_else(|| ViewError::Malformed("bootstrap view not adopted".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::path::PathBuf;
+    use std::sync::atomic::AtomicUsize;
+
+    use rand::SeedableRng;
+
+    use super::*;
+    use crate::env::SystemClock;
+    use crate::rpc::transport::{BoxConnection, BoxFuture, Listener, Network};
+
+    /// Names resolve only after `unresolved` lookups (a pod's DNS record appears late);
+    /// every connection attempt is counted and refused.
+    struct LateDns {
+        lookups: AtomicUsize,
+        unresolved: usize,
+        connects: Arc<AtomicUsize>,
+    }
+
+    impl Network for LateDns {
+        fn connect(&self, _addr: &str) -> BoxFuture<'static, io::Result<BoxConnection>> {
+            self.connects.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async { Err(io::ErrorKind::ConnectionRefused.into()) })
+        }
+
+        fn bind(&self, _addr: &str) -> BoxFuture<'static, io::Result<Box<dyn Listener>>> {
+            Box::pin(async { Err(io::ErrorKind::Unsupported.into()) })
+        }
+
+        fn resolve(&self, _addr: &str) -> BoxFuture<'static, io::Result<()>> {
+            let resolved = self.lookups.fetch_add(1, Ordering::SeqCst) >= self.unresolved;
+            Box::pin(async move {
+                if resolved {
+                    Ok(())
+                } else {
+                    Err(io::ErrorKind::NotFound.into())
+                }
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn gossip_starts_only_once_the_advertised_address_resolves() {
+        let connects = Arc::new(AtomicUsize::new(0));
+        let env = Env {
+            network: Arc::new(LateDns {
+                lookups: AtomicUsize::new(0),
+                unresolved: 8,
+                connects: connects.clone(),
+            }),
+            clock: Arc::new(SystemClock),
+            rng: Arc::new(Mutex::new(rand_chacha::ChaCha8Rng::seed_from_u64(7))),
+        };
+        let mut config = NodeConfig::for_local("m1", 8080, 7070, PathBuf::new());
+        config.seeds = vec!["seed.example:7070".into()];
+        config.gossip_interval = Duration::from_millis(100);
+        let metrics = Metrics::new();
+        let rpc = RpcClient::new(
+            env.clone(),
+            config.id.clone(),
+            config.cluster_secrets(),
+            Duration::from_millis(100),
+            metrics.clone(),
+        );
+        let me = MemberState {
+            id: config.id.clone(),
+            peer_addr: config.advertise_peer.clone(),
+            http_addr: config.advertise.clone(),
+            generation: 1,
+            version: 0,
+            synced_epoch: 0,
+            pulls_pending: 0,
+            incarnation: 1,
+        };
+        let membership = Membership::new(config, env, rpc, metrics, me, None);
+        let (stop, stopped) = watch::channel(false);
+        let gossip = tokio::spawn(membership.run_gossip(stopped));
+        // 8 failed lookups 250 ms apart: nothing may be sent in the first 1.75 s.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(
+            connects.load(Ordering::SeqCst),
+            0,
+            "gossiped before the address resolved"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(
+            connects.load(Ordering::SeqCst) > 0,
+            "gossip did not start once the address resolved"
+        );
+        stop.send_replace(true);
+        gossip.await.unwrap();
     }
 }

@@ -26,6 +26,11 @@ pub trait Network: Send + Sync + 'static {
     /// Connects to `addr` (`host:port`, host may be a DNS name).
     fn connect(&self, addr: &str) -> BoxFuture<'static, io::Result<BoxConnection>>;
     fn bind(&self, addr: &str) -> BoxFuture<'static, io::Result<Box<dyn Listener>>>;
+    /// Whether `addr`'s host resolves now (a network without names: always).
+    fn resolve(&self, addr: &str) -> BoxFuture<'static, io::Result<()>> {
+        let _ = addr;
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// Real TCP with `TCP_NODELAY` (requests are small and latency-bound).
@@ -63,6 +68,19 @@ impl Network for TcpNetwork {
         Box::pin(async move {
             let listener = tokio::net::TcpListener::bind(&addr).await?;
             Ok(Box::new(TcpListenerAdapter(listener)) as Box<dyn Listener>)
+        })
+    }
+
+    fn resolve(&self, addr: &str) -> BoxFuture<'static, io::Result<()>> {
+        let addr = addr.to_string();
+        Box::pin(async move {
+            match tokio::net::lookup_host(&addr).await?.next() {
+                Some(_) => Ok(()),
+                None => Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("{addr} resolves to no address"),
+                )),
+            }
         })
     }
 }
