@@ -46,10 +46,16 @@ stage "benchmark smoke: dynamo-rs and etcd through bench/compare.sh (seconds, no
 DYNAMO_BIN="$PWD/target/debug/dynamo" RESULTS="$PWD/target/bench-smoke" bash bench/compare.sh --smoke
 
 stage "operator against a real Kubernetes API server (etcd, kube-apiserver, kube-controller-manager v1.34)"
-bash e2e/apiserver/build.sh
+# all: also CoreDNS, which the local-cluster e2e below needs (cached in ~/.cache/dynamo-e2e).
+bash e2e/apiserver/build.sh all
 bash e2e/apiserver/operator-test.sh
 
 stage "packaging: images (Docker), 3 node containers, Helm chart checks, chart on a real API server and every dashboard query through Prometheus"
 bash e2e/packaging-test.sh
+
+stage "Kubernetes e2e on a local single-node cluster: real pods, helm install, pod delete, 3 -> 5 -> 3, rolling update, admission, delete"
+# Checks first whether the machine can run the cluster and fails, saying why, if it cannot
+# (set E2E_ALLOW_SKIP=1 to make that a skip on a machine without root, cgroups or netfilter).
+bash e2e/local-cluster-test.sh
 
 stage "done"
