@@ -235,8 +235,11 @@ stop_bg() {
 }
 
 start_proxy() {
+  # Emptied here, not by the redirection below: that happens in the background child, and
+  # the wait could still read the previous proxy's line and port.
+  : >"$ARTIFACTS/kubectl-proxy.log"
   # "$KUBECTL" itself, not the function k: $! must be kubectl's PID for stop_bg.
-  "$KUBECTL" proxy --port=0 >"$ARTIFACTS/kubectl-proxy.log" 2>&1 &
+  "$KUBECTL" proxy --port=0 >>"$ARTIFACTS/kubectl-proxy.log" 2>&1 &
   PROXY_PID=$!
   BG_PIDS+=("$PROXY_PID")
   wait_until 30 "kubectl proxy to listen" grep -q 'Starting to serve on' "$ARTIFACTS/kubectl-proxy.log"
