@@ -443,6 +443,13 @@ pub struct Ledger {
     pub errors: Arc<Mutex<Vec<String>>>,
 }
 
+/// A running workload: its ledger, the flag that stops it, and its writer tasks.
+pub type Workload = (
+    Ledger,
+    Arc<std::sync::atomic::AtomicBool>,
+    Vec<JoinHandle<()>>,
+);
+
 /// Writes unique keys from `writers` concurrent tasks, round-robin over `endpoints`, for
 /// at most `count` writes each or until stopped. Returns the ledger and a stop handle.
 pub fn start_workload(
@@ -450,11 +457,7 @@ pub fn start_workload(
     writers: usize,
     count: usize,
     prefix: &str,
-) -> (
-    Ledger,
-    Arc<std::sync::atomic::AtomicBool>,
-    Vec<JoinHandle<()>>,
-) {
+) -> Workload {
     let routable = Arc::new(Mutex::new(vec![true; endpoints.len()]));
     start_routed_workload(endpoints, routable, writers, count, prefix)
 }
@@ -467,11 +470,7 @@ pub fn start_routed_workload(
     writers: usize,
     count: usize,
     prefix: &str,
-) -> (
-    Ledger,
-    Arc<std::sync::atomic::AtomicBool>,
-    Vec<JoinHandle<()>>,
-) {
+) -> Workload {
     let ledger = Ledger::default();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut handles = Vec::new();
