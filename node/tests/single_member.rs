@@ -25,7 +25,22 @@ fn single() -> Options {
 /// a restart every acknowledged write is there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill9_mid_stream_loses_no_acknowledged_write() {
-    let mut cluster = Cluster::start(1, single()).await;
+    kill9_mid_stream(single()).await;
+}
+
+/// Periodic durability promises the same for a killed process (only a lost machine may
+/// lose the last interval): every batch must reach the OS before it is acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill9_mid_stream_with_periodic_durability_loses_no_acknowledged_write() {
+    kill9_mid_stream(Options {
+        extra: vec!["--durability=periodic".into()],
+        ..single()
+    })
+    .await;
+}
+
+async fn kill9_mid_stream(opts: Options) {
+    let mut cluster = Cluster::start(1, opts).await;
     let endpoint = cluster.members[0].http();
     let acked = Arc::new(parking_lot::Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));

@@ -748,16 +748,20 @@ struct BatchState {
 
 impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<Pending>, sync_interval: Duration) {
+        // A deadline, not an idle timeout: under a steady stream of writes the queue is
+        // never idle for a whole interval, and unsynced writes would pile up unbounded.
+        let mut sync_due = tokio::time::Instant::now() + sync_interval;
         loop {
-            let first = match tokio::time::timeout(sync_interval, rx.recv()).await {
+            if tokio::time::Instant::now() >= sync_due {
+                if self.dirty {
+                    self = self.sync_in_background().await;
+                }
+                sync_due = tokio::time::Instant::now() + sync_interval;
+            }
+            let first = match tokio::time::timeout_at(sync_due, rx.recv()).await {
                 Ok(Some(p)) => p,
                 Ok(None) => break,
-                Err(_) => {
-                    if self.dirty {
-                        self = self.sync_in_background().await;
-                    }
-                    continue;
-                }
+                Err(_) => continue,
             };
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {

@@ -417,3 +417,87 @@ async fn failed_fsync_fails_the_writes_it_covers_and_then_recovers() {
     assert!(store.get(1, b"before").unwrap().is_some());
     assert!(store.get(1, b"after").unwrap().is_some());
 }
+
+/// An engine that counts its fsyncs.
+struct CountingSyncs {
+    inner: MemoryEngine,
+    syncs: std::sync::atomic::AtomicUsize,
+}
+
+impl Engine for CountingSyncs {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.inner.get(space, key)
+    }
+    fn write(&self, ops: &[BatchOp], sync: bool) -> Result<(), StorageError> {
+        if sync {
+            self.syncs
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.inner.write(ops, false)
+    }
+    fn scan(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<engine::KeyValue>, StorageError> {
+        self.inner.scan(space, start, end, limit)
+    }
+    fn sync(&self) -> Result<(), StorageError> {
+        self.syncs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.sync()
+    }
+    fn blocking(&self) -> bool {
+        false
+    }
+    fn size_bytes(&self) -> u64 {
+        self.inner.size_bytes()
+    }
+}
+
+/// With periodic durability, writes arriving faster than the interval (the queue is never
+/// idle for a whole second) are still fsynced once per interval; with nothing written,
+/// nothing is fsynced.
+#[tokio::test(start_paused = true)]
+async fn periodic_durability_syncs_every_interval_under_steady_writes() {
+    use std::sync::atomic::Ordering;
+    let engine = Arc::new(CountingSyncs {
+        inner: MemoryEngine::new(),
+        syncs: std::sync::atomic::AtomicUsize::new(0),
+    });
+    let config = StoreConfig {
+        durability: Durability::Periodic,
+        sync_interval: Duration::from_secs(1),
+    };
+    let store = Store::open(engine.clone(), config).unwrap();
+    store.init_partitions(64).await.unwrap();
+    let before = engine.syncs.load(Ordering::Relaxed);
+    // 5 s of writes, one every 100 ms.
+    for i in 0..50 {
+        store
+            .coordinate(
+                1,
+                Bytes::from(format!("k{i}")),
+                write(Some("v"), VersionVector::new()),
+            )
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let during = engine.syncs.load(Ordering::Relaxed) - before;
+    assert!(
+        (4..=6).contains(&during),
+        "{during} fsyncs in 5 s of steady writes with a 1 s interval"
+    );
+    // Idle: at most the one sync that covers the last writes, then none.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after_idle = engine.syncs.load(Ordering::Relaxed) - before;
+    assert!(
+        after_idle <= during + 1,
+        "{after_idle} after idling, {during} before"
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(engine.syncs.load(Ordering::Relaxed) - before, after_idle);
+}
