@@ -372,6 +372,7 @@ async fn follow_views(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
     let mut views = node.membership.subscribe();
     loop {
         tokio::select! {
+            biased;
             changed = views.changed() => if changed.is_err() { return },
             _ = shutdown.changed() => return,
         }
@@ -411,6 +412,7 @@ async fn report_storage(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
             .hints_pending
             .set(node.store.hint_counts().values().sum::<u64>() as i64);
         tokio::select! {
+            biased;
             _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
             _ = shutdown.changed() => return,
         }

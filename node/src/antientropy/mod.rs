@@ -95,6 +95,7 @@ impl AntiEntropy {
         let mut wait = FIRST_EXCHANGE_AFTER.min(self.config.anti_entropy_interval);
         loop {
             tokio::select! {
+                biased;
                 _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.changed() => return,
             }

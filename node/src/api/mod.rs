@@ -226,6 +226,7 @@ pub async fn serve(
     ));
     loop {
         let (conn, _addr) = tokio::select! {
+            biased;
             accepted = listener.accept() => match accepted {
                 Ok(c) => c,
                 Err(e) => {

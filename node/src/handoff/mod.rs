@@ -164,6 +164,7 @@ impl Handoff {
         let mut stable_since: (u64, Instant) = (0, Instant::now());
         loop {
             tokio::select! {
+                biased;
                 _ = tokio::time::sleep(CHECK_INTERVAL) => {}
                 _ = shutdown.changed() => return,
             }

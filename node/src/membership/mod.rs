@@ -641,6 +641,7 @@ impl Membership {
     /// Runs gossip until `shutdown`.
     pub async fn run_gossip(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         tokio::select! {
+            biased;
             _ = self.until_advertised_address_resolves() => {}
             _ = shutdown.changed() => return,
         }
@@ -648,6 +649,7 @@ impl Membership {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                biased;
                 _ = tick.tick() => {}
                 _ = shutdown.changed() => return,
             }

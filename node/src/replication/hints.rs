@@ -25,6 +25,7 @@ impl Replicator {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                biased;
                 _ = tick.tick() => {}
                 _ = shutdown.changed() => return,
             }

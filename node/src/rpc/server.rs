@@ -45,6 +45,7 @@ pub async fn serve(
 ) {
     loop {
         tokio::select! {
+            biased;
             accepted = listener.accept() => match accepted {
                 Ok((conn, addr)) => {
                     tokio::spawn(serve_connection(conn, addr, handler.clone(), ctx.clone(), shutdown.clone()));
@@ -128,6 +129,7 @@ async fn serve_connection(
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_CONNECTION));
     loop {
         let frame = tokio::select! {
+            biased;
             f = tokio::time::timeout(IDLE_TIMEOUT, frame::read_frame(&mut reader)) => match f {
                 Ok(f) => f,
                 Err(_) => {

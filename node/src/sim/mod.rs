@@ -4,7 +4,9 @@
 //! crashes like a disk), membership, replication, handoff, anti-entropy, the HTTP API —
 //! over turmoil's simulated network and clock. One seed fixes everything: the cluster's
 //! shape, the workload, the faults and every scheduling decision, so a failing seed
-//! replays exactly.
+//! replays exactly. For that, every `tokio::select!` in node code is `biased;`: without
+//! `tokio_unstable`, tokio picks among branches ready together with a generator no seed
+//! reaches, and a replay of the same seed once diverged on such a tie.
 //!
 //! A run: form the cluster; let concurrent clients put (with and without context), delete
 //! and get a few hot keys while faults strike (partitions, one-way partitions, message
