@@ -157,7 +157,7 @@ impl Replicator {
 
     async fn coordinate_write(
         self: &Arc<Self>,
-        view: &ClusterView,
+        view: &Arc<ClusterView>,
         p: PartitionId,
         request: ClientRequest,
     ) -> ClientResponse {
@@ -304,7 +304,7 @@ impl Replicator {
     #[allow(clippy::too_many_arguments)]
     fn spawn_deliveries(
         self: &Arc<Self>,
-        view: &ClusterView,
+        view: &Arc<ClusterView>,
         p: PartitionId,
         key: &Bytes,
         object: &Object,
@@ -313,7 +313,6 @@ impl Replicator {
         local_replica: bool,
     ) -> mpsc::Receiver<(MemberId, Delivery)> {
         let (tx, rx) = mpsc::channel(targets.len().max(1));
-        let view = Arc::new(view.clone());
         // Fallbacks are shared so two down replicas are not both hinted to the same member.
         let used: Arc<Mutex<BTreeSet<MemberId>>> = Arc::new(Mutex::new(
             targets.iter().cloned().chain([self.me.clone()]).collect(),

@@ -69,8 +69,11 @@ pub struct Frame {
 }
 
 pub fn encode(frame: &Frame) -> Result<Vec<u8>, CodecError> {
-    let body = postcard::to_stdvec(&frame.body).map_err(|e| CodecError::Decode(e.to_string()))?;
-    let len = HEADER_BYTES + body.len();
+    // Sized first: a frame is one allocation with its values copied once, and one too
+    // large is refused before any of it is written.
+    let body_len = postcard::experimental::serialized_size(&frame.body)
+        .map_err(|e| CodecError::Decode(e.to_string()))?;
+    let len = HEADER_BYTES + body_len;
     if len > MAX_FRAME_BYTES {
         return Err(CodecError::TooLarge(len));
     }
@@ -78,8 +81,7 @@ pub fn encode(frame: &Frame) -> Result<Vec<u8>, CodecError> {
     buf.extend_from_slice(&(len as u32).to_be_bytes());
     buf.push(PROTOCOL_VERSION);
     buf.extend_from_slice(&frame.id.to_be_bytes());
-    buf.extend_from_slice(&body);
-    Ok(buf)
+    postcard::to_extend(&frame.body, buf).map_err(|e| CodecError::Decode(e.to_string()))
 }
 
 /// Decodes one frame's bytes (everything after the length prefix).

@@ -249,12 +249,12 @@ fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 
 /// Encodes a key record.
 pub fn encode_record(obj: &Object) -> Vec<u8> {
-    let mut buf = vec![RECORD_FORMAT_VERSION];
-    // Serialising into a Vec cannot fail for these types.
-    if let Ok(body) = postcard::to_stdvec(obj) {
-        buf.extend_from_slice(&body);
-    }
-    buf
+    // Sized first, so that a record is one allocation and its value is copied once.
+    // Serialising these types cannot fail.
+    let size = postcard::experimental::serialized_size(obj).unwrap_or(0);
+    let mut buf = Vec::with_capacity(1 + size);
+    buf.push(RECORD_FORMAT_VERSION);
+    postcard::to_extend(obj, buf).unwrap_or_else(|_| vec![RECORD_FORMAT_VERSION])
 }
 
 /// Decodes a key record, checking its invariants.
