@@ -307,19 +307,26 @@ fn record_decoder_rejects_garbage() {
     assert!(decode_record(&good).is_err(), "trailing bytes");
 }
 
-/// An engine whose fsyncs fail while `failing` is set — after applying the batch, as a
-/// journal write that reached the OS but not the disk would.
-struct FailingFsync {
+/// An engine that counts its fsyncs (synced batches and `sync` calls), and whose fsyncs
+/// fail while `failing` is set — after applying the batch, as a journal write that reached
+/// the OS but not the disk would.
+#[derive(Default)]
+struct WatchedFsync {
     inner: MemoryEngine,
     failing: std::sync::atomic::AtomicBool,
+    syncs: std::sync::atomic::AtomicUsize,
 }
 
-impl Engine for FailingFsync {
+impl Engine for WatchedFsync {
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         self.inner.get(space, key)
     }
     fn write(&self, ops: &[BatchOp], sync: bool) -> Result<(), StorageError> {
         self.inner.write(ops, sync)?;
+        if sync {
+            self.syncs
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         if sync && self.failing.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(StorageError::Engine(
                 "fsync: Input/output error (os error 5)".into(),
@@ -337,6 +344,8 @@ impl Engine for FailingFsync {
         self.inner.scan(space, start, end, limit)
     }
     fn sync(&self) -> Result<(), StorageError> {
+        self.syncs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if self.failing.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(StorageError::Engine(
                 "fsync: Input/output error (os error 5)".into(),
@@ -358,10 +367,7 @@ impl Engine for FailingFsync {
 #[tokio::test]
 async fn failed_fsync_fails_the_writes_it_covers_and_then_recovers() {
     use std::sync::atomic::Ordering;
-    let engine = Arc::new(FailingFsync {
-        inner: MemoryEngine::new(),
-        failing: std::sync::atomic::AtomicBool::new(false),
-    });
+    let engine = Arc::new(WatchedFsync::default());
     let store = Store::open(engine.clone(), StoreConfig::default()).unwrap();
     store.init_partitions(64).await.unwrap();
     store
@@ -418,55 +424,13 @@ async fn failed_fsync_fails_the_writes_it_covers_and_then_recovers() {
     assert!(store.get(1, b"after").unwrap().is_some());
 }
 
-/// An engine that counts its fsyncs.
-struct CountingSyncs {
-    inner: MemoryEngine,
-    syncs: std::sync::atomic::AtomicUsize,
-}
-
-impl Engine for CountingSyncs {
-    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        self.inner.get(space, key)
-    }
-    fn write(&self, ops: &[BatchOp], sync: bool) -> Result<(), StorageError> {
-        if sync {
-            self.syncs
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        self.inner.write(ops, false)
-    }
-    fn scan(
-        &self,
-        space: Space,
-        start: &[u8],
-        end: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<engine::KeyValue>, StorageError> {
-        self.inner.scan(space, start, end, limit)
-    }
-    fn sync(&self) -> Result<(), StorageError> {
-        self.syncs
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.inner.sync()
-    }
-    fn blocking(&self) -> bool {
-        false
-    }
-    fn size_bytes(&self) -> u64 {
-        self.inner.size_bytes()
-    }
-}
-
 /// With periodic durability, writes arriving faster than the interval (the queue is never
 /// idle for a whole second) are still fsynced once per interval; with nothing written,
 /// nothing is fsynced.
 #[tokio::test(start_paused = true)]
 async fn periodic_durability_syncs_every_interval_under_steady_writes() {
     use std::sync::atomic::Ordering;
-    let engine = Arc::new(CountingSyncs {
-        inner: MemoryEngine::new(),
-        syncs: std::sync::atomic::AtomicUsize::new(0),
-    });
+    let engine = Arc::new(WatchedFsync::default());
     let config = StoreConfig {
         durability: Durability::Periodic,
         sync_interval: Duration::from_secs(1),
