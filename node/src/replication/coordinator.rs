@@ -18,7 +18,7 @@ use crate::metrics::Metrics;
 use crate::node::Services;
 use crate::ring::{MemberId, PartitionId};
 use crate::rpc::{ErrorCode, RemoteError, Request, Response, RpcClient, RpcError};
-use crate::storage::{CoordinatedWrite, Hint, StorageError, Store};
+use crate::storage::{CoordinatedWrite, Durable, Hint, StorageError, Store};
 
 /// Switches that make the node deliberately wrong, so tests can show the simulation's
 /// checker catches such bugs. All off in production; nothing outside tests sets them.
@@ -50,6 +50,8 @@ enum Delivery {
     Hinted(MemberId),
     /// Nobody else could take it; the coordinator keeps a hint and retries later.
     Retrying,
+    /// The coordinator's own copy could not be made durable (it was already sent on).
+    NotDurable(StorageError),
 }
 
 impl Replicator {
@@ -78,13 +80,17 @@ impl Replicator {
     /// continuously (it may be handed off and come back before its data does). So the
     /// actor is derived from the data directory's incarnation, the process generation and
     /// the partition's tenure, which the store bumps whenever it drops the partition.
-    pub fn actor_for(&self, p: PartitionId) -> ActorId {
+    /// The store's `epoch` counts engine reopens, which may lose writes too (the
+    /// coordinator replicates a version before its local fsync, and in periodic mode the
+    /// OS may hold it unsynced).
+    pub fn actor_for(&self, p: PartitionId, epoch: u64) -> ActorId {
         let mut h = xxhash_rust::xxh3::Xxh3::new();
         for part in [
             self.incarnation,
             self.generation,
             u64::from(p),
             u64::from(self.store.tenure(p)),
+            epoch,
         ] {
             h.update(&part.to_le_bytes());
         }
@@ -178,13 +184,15 @@ impl Replicator {
         let local_replica = sets.iter().any(|s| s.contains(&self.me));
         // A member without the key's data cannot vouch for any earlier dot: each write it
         // coordinates gets an actor of its own, used once.
+        let epoch = self.store.epoch();
         let actor = if local_replica {
-            self.actor_for(p)
+            self.actor_for(p, epoch)
         } else {
             ActorId(self.env.random_u64())
         };
         let write = CoordinatedWrite {
             actor,
+            epoch,
             context,
             value,
             timestamp_ms: self.env.clock.now_ms(),
@@ -192,12 +200,20 @@ impl Replicator {
             max_siblings: settings.max_siblings,
         };
         let key = request.key;
+        // The local copy's fsync runs while the version is sent to the other replicas; its
+        // acknowledgement is counted like theirs, when it is durable.
         let stored = if local_replica {
-            self.store.coordinate(p, key.clone(), write).await
+            self.store
+                .apply_coordinated(p, key.clone(), write)
+                .await
+                .map(|(object, dot, durable)| (object, dot, Some(durable)))
         } else {
-            self.store.mint(write).await
+            self.store
+                .mint(write)
+                .await
+                .map(|(object, dot)| (object, dot, None))
         };
-        let (object, dot) = match stored {
+        let (object, dot, durable) = match stored {
             Ok(o) => o,
             Err(StorageError::TooManySiblings { count, max }) => {
                 return ClientResponse::Refused {
@@ -216,9 +232,6 @@ impl Replicator {
             }
         };
         let mut acked: BTreeSet<MemberId> = BTreeSet::new();
-        if local_replica {
-            acked.insert(self.me.clone());
-        }
         let targets: BTreeSet<MemberId> = sets
             .iter()
             .flatten()
@@ -233,7 +246,7 @@ impl Replicator {
         // (a cluster with fewer members than N).
         let w_reported = sets.iter().map(|s| w.min(s.len())).min().unwrap_or(w) as u32;
         if self.faults.ack_writes_before_quorum.load(Ordering::Relaxed) {
-            self.spawn_deliveries(view, p, &key, &object, mode, &targets, local_replica);
+            self.spawn_deliveries(view, p, &key, &object, mode, &targets, durable);
             return ClientResponse::Written {
                 object,
                 dot,
@@ -241,10 +254,9 @@ impl Replicator {
                 w: w_reported,
             };
         }
-        let mut results =
-            self.spawn_deliveries(view, p, &key, &object, mode, &targets, local_replica);
+        let mut pending = targets.len() + usize::from(durable.is_some());
+        let mut results = self.spawn_deliveries(view, p, &key, &object, mode, &targets, durable);
         let deadline = Instant::now() + self.config.request_timeout;
-        let mut pending = targets.len();
         let mut outcomes: Vec<(MemberId, Delivery)> = Vec::new();
         while !needed(&acked) && pending > 0 {
             match tokio::time::timeout_at(deadline, results.recv()).await {
@@ -271,6 +283,17 @@ impl Replicator {
                 .with_label_values(&["write"])
                 .inc();
             tracing::debug!(key = %String::from_utf8_lossy(&key), partition = p, ?acked, ?outcomes, pending, "write quorum not reached");
+            // A failing local disk is the member's own fault, not the cluster's: said as
+            // a storage error, as when the write fails before it is sent anywhere.
+            if let Some(e) = outcomes.iter().find_map(|(_, d)| match d {
+                Delivery::NotDurable(e) => Some(e),
+                _ => None,
+            }) {
+                return ClientResponse::Refused {
+                    code: RefusalCode::Storage,
+                    message: format!("storage error: {e}"),
+                };
+            }
             // The set that fell short is the one to report: during a transition the
             // acknowledgements of the old and the new replicas are counted apart.
             let (acks, needed) = sets
@@ -300,7 +323,8 @@ impl Replicator {
     }
 
     /// Starts delivering `object` to every target concurrently. Each delivery runs to its
-    /// end in the background (the client may be answered before) and reports once.
+    /// end in the background (the client may be answered before) and reports once; so
+    /// does the local copy (`local`, when this member is a replica) once it is durable.
     #[allow(clippy::too_many_arguments)]
     fn spawn_deliveries(
         self: &Arc<Self>,
@@ -310,9 +334,23 @@ impl Replicator {
         object: &Object,
         mode: ConflictMode,
         targets: &BTreeSet<MemberId>,
-        local_replica: bool,
+        local: Option<Durable>,
     ) -> mpsc::Receiver<(MemberId, Delivery)> {
-        let (tx, rx) = mpsc::channel(targets.len().max(1));
+        let (tx, rx) = mpsc::channel(targets.len() + 1);
+        let local_replica = local.is_some();
+        if let Some(durable) = local {
+            let (tx, me) = (tx.clone(), self.me.clone());
+            tokio::spawn(async move {
+                let delivery = match durable.wait().await {
+                    Ok(()) => Delivery::Direct,
+                    Err(e) => {
+                        tracing::error!(partition = p, error = %e, "the local copy of a write could not be made durable");
+                        Delivery::NotDurable(e)
+                    }
+                };
+                let _ = tx.send((me, delivery)).await;
+            });
+        }
         // Fallbacks are shared so two down replicas are not both hinted to the same member.
         let used: Arc<Mutex<BTreeSet<MemberId>>> = Arc::new(Mutex::new(
             targets.iter().cloned().chain([self.me.clone()]).collect(),

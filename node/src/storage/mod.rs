@@ -3,7 +3,10 @@
 //! Every mutation goes through one writer task that reads the current record, computes the
 //! new one (a coordinated write, a replica merge, a reap), and commits a whole batch of
 //! such mutations at once: in `fsync` mode one fsync covers the batch (group commit), and a
-//! caller is answered only after its batch is durable. Serialising read-modify-write in
+//! caller is answered only after its batch is durable. The one exception is a write
+//! coordinated here ([`Store::apply_coordinated`]): its new version is answered as soon as
+//! the batch reaches the OS, with a [`Durable`] to await, so the coordinator sends it to
+//! the other replicas while the local fsync runs instead of after it. Serialising read-modify-write in
 //! one place means no two writes to a key can interleave, without per-key locks. The
 //! writer also keeps the partitions' Merkle trees in step with every committed change.
 //!
@@ -98,6 +101,10 @@ impl Default for StoreConfig {
 #[derive(Clone, Debug)]
 pub struct CoordinatedWrite {
     pub actor: ActorId,
+    /// The engine epoch ([`Store::epoch`]) `actor` was derived under. A write whose epoch
+    /// is no longer current is refused: the engine reopened meanwhile and may have lost
+    /// dots that actor issued, so it must not issue more.
+    pub epoch: u64,
     pub context: VersionVector,
     /// `None` writes a tombstone.
     pub value: Option<Bytes>,
@@ -127,6 +134,8 @@ enum Op {
         partition: PartitionId,
         key: Bytes,
         write: CoordinatedWrite,
+        /// Told once the write is durable; the reply comes before, once it is applied.
+        durable: oneshot::Sender<Result<(), StorageError>>,
     },
     /// A write coordinated by a member that holds no replica of the key: the new version
     /// is minted (its dot durably unique) but not stored here.
@@ -193,6 +202,17 @@ struct Shared {
     hint_counts: Mutex<BTreeMap<MemberId, u64>>,
     /// How many times each partition was dropped in this process (see `tenure`).
     tenure: Mutex<BTreeMap<PartitionId, u32>>,
+}
+
+/// Resolves once a write applied by [`Store::apply_coordinated`] is as durable as the
+/// store's durability mode promises (fsynced in `fsync` mode, handed to the OS in
+/// `periodic` mode).
+pub struct Durable(oneshot::Receiver<Result<(), StorageError>>);
+
+impl Durable {
+    pub async fn wait(self) -> Result<(), StorageError> {
+        self.0.await.unwrap_or(Err(StorageError::Closed))
+    }
 }
 
 /// Handle to the store; cheap to clone.
@@ -423,17 +443,42 @@ impl Store {
         key: Bytes,
         write: CoordinatedWrite,
     ) -> Result<(Object, Dot), StorageError> {
+        let (object, dot, durable) = self.apply_coordinated(partition, key, write).await?;
+        durable.wait().await?;
+        Ok((object, dot))
+    }
+
+    /// Applies a write coordinated here and answers with the new record and the write's
+    /// dot as soon as its batch reaches the OS, before the batch's fsync: the coordinator
+    /// replicates meanwhile and counts this replica's acknowledgement when `Durable`
+    /// resolves. Sending a version before it is durable here is safe because its actor
+    /// is never reused by a process that could have lost it: a restart changes the
+    /// generation, an engine reopen the epoch (see `CoordinatedWrite::epoch`).
+    pub async fn apply_coordinated(
+        &self,
+        partition: PartitionId,
+        key: Bytes,
+        write: CoordinatedWrite,
+    ) -> Result<(Object, Dot, Durable), StorageError> {
+        let (durable, durable_rx) = oneshot::channel();
         match self
             .submit(Op::Coordinate {
                 partition,
                 key,
                 write,
+                durable,
             })
             .await?
         {
-            OpResult::Written(o, d) => Ok((o, d)),
+            OpResult::Written(o, d) => Ok((o, d, Durable(durable_rx))),
             _ => Err(StorageError::Engine("unexpected writer reply".into())),
         }
+    }
+
+    /// How many times the storage engine reopened after a failure. Clock actors are
+    /// derived from it, because a reopen may lose writes that were already replicated.
+    pub fn epoch(&self) -> u64 {
+        self.engine.reopens()
     }
 
     /// Mints the version a write creates without storing it (for a coordinator that is not
@@ -744,6 +789,8 @@ struct BatchState {
     /// Merkle changes to apply once the batch is durable: (partition, key, old, new).
     merkle: Vec<(PartitionId, Bytes, u64, u64)>,
     hint_deltas: BTreeMap<MemberId, i64>,
+    /// Coordinated writes waiting to hear that the batch is durable.
+    durable: Vec<oneshot::Sender<Result<(), StorageError>>>,
 }
 
 impl Writer {
@@ -925,7 +972,13 @@ impl Writer {
                 partition,
                 key,
                 write,
+                durable,
             } => {
+                if write.epoch != self.engine.reopens() {
+                    return Err(StorageError::Engine(
+                        "the storage engine reopened while this write was queued; retry it".into(),
+                    ));
+                }
                 let dk = data_key(partition, &key);
                 let current = self.read(state, Space::Data, &dk)?.unwrap_or_default();
                 let (next, dot) = current.write(WriteRequest {
@@ -943,6 +996,7 @@ impl Writer {
                     });
                 }
                 self.sequence = self.sequence.max(dot.counter);
+                state.durable.push(durable);
                 state.merkle.push((
                     partition,
                     key,
@@ -1072,16 +1126,20 @@ impl Writer {
             overlay: BTreeMap::new(),
             merkle: Vec::new(),
             hint_deltas: BTreeMap::new(),
+            durable: Vec::new(),
         };
         let sequence_before = self.sequence;
         let mut results = Vec::with_capacity(batch.len());
         for p in batch {
+            let early = matches!(p.op, Op::Coordinate { .. });
             let r = self.apply(&mut state, p.op);
-            results.push((p.reply, r));
+            results.push((Some(p.reply), r, early));
         }
         if state.ops.is_empty() && self.sequence == sequence_before {
-            for (reply, r) in results {
-                let _ = reply.send(r);
+            for (reply, r, _) in results {
+                if let Some(reply) = reply {
+                    let _ = reply.send(r);
+                }
             }
             return;
         }
@@ -1093,7 +1151,24 @@ impl Writer {
             });
         }
         let sync = self.durability == Durability::Fsync;
-        match self.engine.write(&state.ops, sync) {
+        let outcome = if sync && !state.durable.is_empty() {
+            // Coordinated writes are answered between the write and the fsync, so their
+            // coordinators replicate while this replica's fsync runs.
+            self.engine.write(&state.ops, false).and_then(|()| {
+                for (reply, r, early) in &mut results {
+                    if *early
+                        && r.is_ok()
+                        && let Some(reply) = reply.take()
+                    {
+                        let _ = reply.send(std::mem::replace(r, Ok(OpResult::Done(true))));
+                    }
+                }
+                self.engine.sync()
+            })
+        } else {
+            self.engine.write(&state.ops, sync)
+        };
+        match outcome {
             Ok(()) => {
                 self.dirty |= !sync;
                 if let Some(forest) = self.shared.merkle.lock().as_mut() {
@@ -1110,8 +1185,13 @@ impl Writer {
                     }
                 }
                 drop(counts);
-                for (reply, r) in results {
-                    let _ = reply.send(r);
+                for (reply, r, _) in results {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(r);
+                    }
+                }
+                for durable in state.durable {
+                    let _ = durable.send(Ok(()));
                 }
             }
             Err(e) => {
@@ -1123,8 +1203,13 @@ impl Writer {
                     self.rebuild_trees();
                 }
                 tracing::error!(error = %e, ops = state.ops.len(), "write batch failed");
-                for (reply, r) in results {
-                    let _ = reply.send(r.and(Err(e.clone())));
+                for (reply, r, _) in results {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(r.and(Err(e.clone())));
+                    }
+                }
+                for durable in state.durable {
+                    let _ = durable.send(Err(e.clone()));
                 }
             }
         }

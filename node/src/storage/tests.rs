@@ -4,6 +4,7 @@ use crate::clock::Dot;
 fn write(value: Option<&str>, ctx: VersionVector) -> CoordinatedWrite {
     CoordinatedWrite {
         actor: ActorId(7),
+        epoch: 0,
         context: ctx,
         value: value.map(|v| Bytes::copy_from_slice(v.as_bytes())),
         timestamp_ms: 1,
@@ -309,12 +310,15 @@ fn record_decoder_rejects_garbage() {
 
 /// An engine that counts its fsyncs (synced batches and `sync` calls), and whose fsyncs
 /// fail while `failing` is set — after applying the batch, as a journal write that reached
-/// the OS but not the disk would.
+/// the OS but not the disk would. With `blocking` set it runs on the blocking pool like
+/// fjall, and a `sync` call waits while `holding` is set (a slow disk).
 #[derive(Default)]
 struct WatchedFsync {
     inner: MemoryEngine,
     failing: std::sync::atomic::AtomicBool,
     syncs: std::sync::atomic::AtomicUsize,
+    blocking: bool,
+    holding: std::sync::atomic::AtomicBool,
 }
 
 impl Engine for WatchedFsync {
@@ -344,6 +348,13 @@ impl Engine for WatchedFsync {
         self.inner.scan(space, start, end, limit)
     }
     fn sync(&self) -> Result<(), StorageError> {
+        // Bounded: a test that forgets to release fails instead of hanging.
+        for _ in 0..10_000 {
+            if !self.holding.load(std::sync::atomic::Ordering::SeqCst) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
         self.syncs
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if self.failing.load(std::sync::atomic::Ordering::Relaxed) {
@@ -354,11 +365,85 @@ impl Engine for WatchedFsync {
         self.inner.sync()
     }
     fn blocking(&self) -> bool {
-        false
+        self.blocking
     }
     fn size_bytes(&self) -> u64 {
         self.inner.size_bytes()
     }
+}
+
+/// In fsync mode a write coordinated here is answered once its batch reaches the engine,
+/// before the batch's fsync ends (so the coordinator can replicate meanwhile), and its
+/// `Durable` resolves only after the fsync; writes merged from other replicas are
+/// answered only once durable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinated_write_is_answered_before_its_fsync_and_durable_after() {
+    use std::sync::atomic::Ordering;
+    let engine = Arc::new(WatchedFsync {
+        blocking: true,
+        ..WatchedFsync::default()
+    });
+    let store = Store::open(engine.clone(), StoreConfig::default()).unwrap();
+    store.init_partitions(64).await.unwrap();
+    engine.holding.store(true, Ordering::SeqCst);
+
+    let (object, _dot, mut durable) = store
+        .apply_coordinated(
+            1,
+            Bytes::from_static(b"k"),
+            write(Some("v"), VersionVector::new()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(object.siblings.len(), 1);
+    assert!(
+        store.get(1, b"k").unwrap().is_some(),
+        "answered before the batch reached the engine"
+    );
+    assert!(
+        matches!(
+            durable.0.try_recv(),
+            Err(oneshot::error::TryRecvError::Empty)
+        ),
+        "durable while the fsync is still running"
+    );
+    let (replica, _) = Object::default().write(WriteRequest {
+        actor: ActorId(9),
+        min_counter: 0,
+        context: &VersionVector::new(),
+        value: Some(Bytes::from_static(b"r")),
+        timestamp_ms: 2,
+        mode: ConflictMode::Siblings,
+    });
+    let merge = tokio::spawn({
+        let store = store.clone();
+        async move {
+            store
+                .merge(2, Bytes::from_static(b"m"), replica, ConflictMode::Siblings)
+                .await
+        }
+    });
+
+    engine.holding.store(false, Ordering::SeqCst);
+    durable.wait().await.unwrap();
+    assert!(engine.syncs.load(Ordering::Relaxed) >= 1);
+    assert!(merge.await.unwrap().unwrap().changed);
+}
+
+/// A write coordinated under another engine epoch than the current one (the engine reopened after a
+/// failure, and may have lost dots its actor issued) is refused, not applied.
+#[tokio::test]
+async fn coordinated_write_from_another_engine_epoch_is_refused() {
+    let engine = MemoryEngine::default();
+    let store = open_memory(&engine).await;
+    let mut stale = write(Some("v"), VersionVector::new());
+    stale.epoch = store.epoch() + 1;
+    let err = store
+        .coordinate(1, Bytes::from_static(b"k"), stale)
+        .await
+        .expect_err("a write from another epoch was applied");
+    assert!(err.to_string().contains("reopened"), "{err}");
+    assert!(store.get(1, b"k").unwrap().is_none());
 }
 
 /// A failed fsync fails every write of its group commit (none is acknowledged, whether it
