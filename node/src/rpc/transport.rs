@@ -37,6 +37,25 @@ pub trait Network: Send + Sync + 'static {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TcpNetwork;
 
+/// Connections the kernel queues for a listener before it accepts them. tokio's `bind`
+/// asks for 128 (std's value); a burst of clients connecting at once (a restart, a
+/// failover, a pool warming up) while the accept task waits for a busy worker overflows
+/// that, and each dropped SYN costs its client a one-second retransmission timeout. The
+/// kernel caps this at `net.core.somaxconn` (4096 on current kernels).
+pub const LISTEN_BACKLOG: u32 = 1024;
+
+fn bind_with_backlog(addr: std::net::SocketAddr) -> io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As tokio's own `bind`: a restarted member can take its port back at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 struct TcpListenerAdapter(tokio::net::TcpListener);
 
 impl Listener for TcpListenerAdapter {
@@ -66,8 +85,21 @@ impl Network for TcpNetwork {
     fn bind(&self, addr: &str) -> BoxFuture<'static, io::Result<Box<dyn Listener>>> {
         let addr = addr.to_string();
         Box::pin(async move {
-            let listener = tokio::net::TcpListener::bind(&addr).await?;
-            Ok(Box::new(TcpListenerAdapter(listener)) as Box<dyn Listener>)
+            let mut last_error = None;
+            for candidate in tokio::net::lookup_host(&addr).await? {
+                match bind_with_backlog(candidate) {
+                    Ok(listener) => {
+                        return Ok(Box::new(TcpListenerAdapter(listener)) as Box<dyn Listener>);
+                    }
+                    Err(e) => last_error = Some(e),
+                }
+            }
+            Err(last_error.unwrap_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("{addr} resolves to no address"),
+                )
+            }))
         })
     }
 
@@ -82,5 +114,32 @@ impl Network for TcpNetwork {
                 )),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A burst of connections larger than tokio's default backlog (128) is queued by the
+    /// kernel while nothing accepts, instead of having SYNs dropped (a client whose SYN is
+    /// dropped retries only after a second, longer than the timeout here).
+    #[tokio::test]
+    async fn listener_queues_a_burst_of_connections_beyond_128() {
+        let listener = TcpNetwork.bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let burst = 300;
+        let connects = (0..burst).map(|_| {
+            let addr = addr.clone();
+            tokio::time::timeout(
+                Duration::from_millis(700),
+                tokio::net::TcpStream::connect(addr),
+            )
+        });
+        let results = futures_util::future::join_all(connects).await;
+        let connected = results.iter().filter(|r| matches!(r, Ok(Ok(_)))).count();
+        assert_eq!(connected, burst, "connections queued before any accept");
+        drop(listener);
     }
 }
