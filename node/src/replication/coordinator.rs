@@ -291,7 +291,9 @@ impl Replicator {
             }) {
                 return ClientResponse::Refused {
                     code: RefusalCode::Storage,
-                    message: format!("storage error: {e}"),
+                    message: format!(
+                        "storage error: {e}; the write had already been sent to the other replicas and may still reach them"
+                    ),
                 };
             }
             // The set that fell short is the one to report: during a transition the
