@@ -13,6 +13,18 @@ fn write(value: Option<&str>, ctx: VersionVector) -> CoordinatedWrite {
     }
 }
 
+/// A first version of a key written by `actor` elsewhere (another replica's), with its dot.
+fn fresh_version(actor: u64, value: &'static [u8], timestamp_ms: u64) -> (Object, Dot) {
+    Object::default().write(WriteRequest {
+        actor: ActorId(actor),
+        min_counter: 0,
+        context: &VersionVector::new(),
+        value: Some(Bytes::from_static(value)),
+        timestamp_ms,
+        mode: ConflictMode::Siblings,
+    })
+}
+
 async fn open_memory(engine: &MemoryEngine) -> Store {
     let store = Store::open(Arc::new(engine.clone()), StoreConfig::default()).unwrap();
     store.init_partitions(64).await.unwrap();
@@ -31,14 +43,7 @@ async fn coordinate_get_and_merge() {
         .0;
     assert_eq!(store.get(3, b"k").unwrap(), Some(o1.clone()));
     // Another replica's concurrent write merges in as a sibling.
-    let (other, _) = Object::default().write(WriteRequest {
-        actor: ActorId(9),
-        min_counter: 0,
-        context: &VersionVector::new(),
-        value: Some(Bytes::from_static(b"b")),
-        timestamp_ms: 2,
-        mode: ConflictMode::Siblings,
-    });
+    let (other, _) = fresh_version(9, b"b", 2);
     let m = store
         .merge(3, k.clone(), other.clone(), ConflictMode::Siblings)
         .await
@@ -139,14 +144,7 @@ async fn hints_are_stored_merged_counted_and_removed() {
     let engine = MemoryEngine::new();
     let store = open_memory(&engine).await;
     let target = MemberId::new("m2");
-    let (obj, _) = Object::default().write(WriteRequest {
-        actor: ActorId(1),
-        min_counter: 0,
-        context: &VersionVector::new(),
-        value: Some(Bytes::from_static(b"v")),
-        timestamp_ms: 1,
-        mode: ConflictMode::Siblings,
-    });
+    let (obj, _) = fresh_version(1, b"v", 1);
     for key in [&b"a"[..], b"b", b"a"] {
         let hint = Hint {
             target: target.clone(),
@@ -407,14 +405,7 @@ async fn coordinated_write_is_answered_before_its_fsync_and_durable_after() {
         ),
         "durable while the fsync is still running"
     );
-    let (replica, _) = Object::default().write(WriteRequest {
-        actor: ActorId(9),
-        min_counter: 0,
-        context: &VersionVector::new(),
-        value: Some(Bytes::from_static(b"r")),
-        timestamp_ms: 2,
-        mode: ConflictMode::Siblings,
-    });
+    let (replica, _) = fresh_version(9, b"r", 2);
     let merge = tokio::spawn({
         let store = store.clone();
         async move {
@@ -476,14 +467,7 @@ async fn failed_fsync_fails_the_writes_it_covers_and_then_recovers() {
         let err = result.expect_err("a write whose fsync failed was acknowledged");
         assert!(err.to_string().contains("Input/output error"), "{err}");
     }
-    let (replica, _) = Object::default().write(WriteRequest {
-        actor: ActorId(9),
-        min_counter: 0,
-        context: &VersionVector::new(),
-        value: Some(Bytes::from_static(b"r")),
-        timestamp_ms: 2,
-        mode: ConflictMode::Siblings,
-    });
+    let (replica, _) = fresh_version(9, b"r", 2);
     assert!(
         store
             .merge(
