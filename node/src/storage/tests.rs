@@ -309,14 +309,14 @@ fn record_decoder_rejects_garbage() {
 /// An engine that counts its fsyncs (synced batches and `sync` calls), and whose fsyncs
 /// fail while `failing` is set — after applying the batch, as a journal write that reached
 /// the OS but not the disk would. With `blocking` set it runs on the blocking pool like
-/// fjall, and a `sync` call waits while `holding` is set (a slow disk).
+/// fjall, and a `sync` call waits while a test holds `disk` (a slow disk).
 #[derive(Default)]
 struct WatchedFsync {
     inner: MemoryEngine,
     failing: std::sync::atomic::AtomicBool,
     syncs: std::sync::atomic::AtomicUsize,
     blocking: bool,
-    holding: std::sync::atomic::AtomicBool,
+    disk: parking_lot::Mutex<()>,
 }
 
 impl Engine for WatchedFsync {
@@ -346,13 +346,7 @@ impl Engine for WatchedFsync {
         self.inner.scan(space, start, end, limit)
     }
     fn sync(&self) -> Result<(), StorageError> {
-        // Bounded: a test that forgets to release fails instead of hanging.
-        for _ in 0..10_000 {
-            if !self.holding.load(std::sync::atomic::Ordering::SeqCst) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        drop(self.disk.lock());
         self.syncs
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if self.failing.load(std::sync::atomic::Ordering::Relaxed) {
@@ -375,6 +369,10 @@ impl Engine for WatchedFsync {
 /// `Durable` resolves only after the fsync; writes merged from other replicas are
 /// answered only once durable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(
+    clippy::await_holding_lock,
+    reason = "the guard is the slow disk: the writer's sync waits on it on a blocking thread"
+)]
 async fn coordinated_write_is_answered_before_its_fsync_and_durable_after() {
     use std::sync::atomic::Ordering;
     let engine = Arc::new(WatchedFsync {
@@ -383,15 +381,17 @@ async fn coordinated_write_is_answered_before_its_fsync_and_durable_after() {
     });
     let store = Store::open(engine.clone(), StoreConfig::default()).unwrap();
     store.init_partitions(64).await.unwrap();
-    engine.holding.store(true, Ordering::SeqCst);
+    let slow_disk = engine.disk.lock();
 
-    let (object, _dot, mut durable) = store
-        .apply_coordinated(
-            1,
-            Bytes::from_static(b"k"),
-            write(Some("v"), VersionVector::new()),
-        )
+    // Bounded, so a store that waits for the held fsync fails here instead of hanging.
+    let answer = store.apply_coordinated(
+        1,
+        Bytes::from_static(b"k"),
+        write(Some("v"), VersionVector::new()),
+    );
+    let (object, _dot, mut durable) = tokio::time::timeout(Duration::from_secs(10), answer)
         .await
+        .expect("not answered while its fsync was held")
         .unwrap();
     assert_eq!(object.siblings.len(), 1);
     assert!(
@@ -415,7 +415,7 @@ async fn coordinated_write_is_answered_before_its_fsync_and_durable_after() {
         }
     });
 
-    engine.holding.store(false, Ordering::SeqCst);
+    drop(slow_disk);
     durable.wait().await.unwrap();
     assert!(engine.syncs.load(Ordering::Relaxed) >= 1);
     assert!(merge.await.unwrap().unwrap().changed);
