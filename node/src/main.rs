@@ -2,6 +2,11 @@
 
 use clap::Parser;
 
+// glibc's malloc took about 12 % of a member's CPU under load (many small, short-lived
+// buffers per request, freed on other threads); see docs/benchmarks.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = dynamo::cli::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
