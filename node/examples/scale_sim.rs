@@ -126,6 +126,8 @@ fn member_state(i: usize, rng: &mut ChaCha8Rng) -> MemberState {
         synced_epoch: 1,
         pulls_pending: 0,
         incarnation: rng.next_u64(),
+        acked_epoch: 1,
+        read_epoch: 1,
     }
 }
 

@@ -51,6 +51,30 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// Which replicas a read asks before any has answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadFanout {
+    /// All `N` replicas; the replies beyond `R` arrive in the background and feed read
+    /// repair (Riak's way).
+    All,
+    /// `R` replicas, this member first when it holds one. Another replica is asked when
+    /// one fails, or when `R` replies have not all arrived after `speculate_after`
+    /// (Cassandra's speculative retry). A read costs `R - 1` peer requests instead of
+    /// `N - 1`; read repair then covers the replicas asked, and anti-entropy the others.
+    Quorum { speculate_after: Duration },
+}
+
+impl Default for ReadFanout {
+    fn default() -> Self {
+        ReadFanout::Quorum {
+            speculate_after: Duration::from_millis(DEFAULT_SPECULATIVE_READ_MS),
+        }
+    }
+}
+
+/// Default wait before a quorum read asks one more replica.
+pub const DEFAULT_SPECULATIVE_READ_MS: u64 = 10;
+
 /// Largest replication factor accepted.
 pub const MAX_N: usize = 7;
 
@@ -200,6 +224,7 @@ pub struct NodeConfig {
     pub replica_timeout: Duration,
     /// Deadline of a whole client request.
     pub request_timeout: Duration,
+    pub read_fanout: ReadFanout,
     pub hint_interval: Duration,
     pub anti_entropy_interval: Duration,
     /// Bytes per second one member streams during handoff and repair (0 = unthrottled).
@@ -245,6 +270,7 @@ impl NodeConfig {
             failure_detector: FailureDetector::default(),
             replica_timeout: Duration::from_millis(1000),
             request_timeout: Duration::from_secs(5),
+            read_fanout: ReadFanout::default(),
             hint_interval: Duration::from_secs(1),
             anti_entropy_interval: Duration::from_secs(60),
             transfer_rate_bytes: 64 << 20,

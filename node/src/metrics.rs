@@ -26,6 +26,7 @@ pub struct Metrics {
     pub hints_expired: IntCounter,
     pub hints_pending: IntGauge,
     pub read_repairs: IntCounter,
+    pub extra_reads: IntCounterVec,
     pub ae_exchanges: IntCounterVec,
     pub ae_keys_repaired: IntCounter,
     pub ae_bytes: IntCounter,
@@ -141,6 +142,12 @@ impl Metrics {
                 &r,
                 "dynamo_read_repairs_total",
                 "Stale replicas repaired after a read.",
+            ),
+            extra_reads: counter_vec(
+                &r,
+                "dynamo_read_extra_replicas_total",
+                "Replicas a quorum read asked beyond R, by reason (failed: a replica refused or was unreachable; slow: R replies had not arrived after the speculative wait).",
+                &["reason"],
             ),
             ae_exchanges: counter_vec(
                 &r,

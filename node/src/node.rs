@@ -206,9 +206,15 @@ impl Node {
             http_addr: config.advertise.clone(),
             generation,
             version: 0,
-            synced_epoch: view.as_ref().map_or(0, |v| v.current().epoch),
+            // The base ring, not the current one: a member restarted during a handoff
+            // has not necessarily received the target's partitions yet, and announcing
+            // them as synced would let the claimant retire the base early. The handoff
+            // loop announces the target once its resume markers say so.
+            synced_epoch: view.as_ref().map_or(0, |v| v.base().epoch),
             pulls_pending: 0,
             incarnation: identity.incarnation,
+            acked_epoch: 0,
+            read_epoch: view.as_ref().map_or(0, |v| v.base().epoch),
         };
         let membership = Membership::new(
             config.clone(),
@@ -227,8 +233,8 @@ impl Node {
             metrics: metrics.clone(),
         };
         let replicator = Replicator::new(identity.incarnation, generation, &services);
-        let handoff = handoff::Handoff::new(&services);
         let antientropy = antientropy::AntiEntropy::new(&services);
+        let handoff = handoff::Handoff::new(&services, antientropy.clone());
 
         if config.bootstrap && membership.view().is_none() {
             let view = membership
@@ -336,8 +342,10 @@ impl Node {
 
     /// A restarted member knows the ring from disk but learns its peers' addresses by
     /// gossip; until then every request it coordinated would reach no other replica and
-    /// fail its quorum. So it is ready once it knows every other member of the ring — or,
-    /// since peers may really be down (a whole-cluster restart), after a grace period.
+    /// fail its quorum, and until it has compared views with a peer it refuses to
+    /// coordinate (the ring may have moved while it was down). So it is ready once it knows
+    /// every other member of the ring and has compared views — or, since peers may really
+    /// be down (a whole-cluster restart, pods started one by one), after a grace period.
     fn peers_readiness(&self, view: &ClusterView) -> Result<(), String> {
         use std::sync::atomic::Ordering;
         if self.peers_known.load(Ordering::Relaxed) {
@@ -350,9 +358,13 @@ impl Node {
             .collect();
         let grace = (self.config.gossip_interval * 10)
             .clamp(Duration::from_secs(3), Duration::from_secs(30));
-        if unknown.is_empty() || self.started.elapsed() >= grace {
+        let caught_up = self.membership.may_coordinate();
+        if (unknown.is_empty() && caught_up) || self.started.elapsed() >= grace {
             self.peers_known.store(true, Ordering::Relaxed);
             return Ok(());
+        }
+        if unknown.is_empty() {
+            return Err("not yet compared cluster views with a peer".into());
         }
         Err(format!(
             "not yet heard of {} by gossip: {}",

@@ -427,6 +427,74 @@ async fn peer_without_the_secret_is_refused() {
     );
 }
 
+/// A read asks R replicas (the coordinator itself and one peer), not all N; a peer that
+/// stops answering without being known down costs a read the speculative wait, after
+/// which the third replica is asked and the read still succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn quorum_reads_ask_r_replicas_and_another_when_one_stalls() {
+    let opts = Options {
+        // Long enough that a healthy read on a busy machine rarely speculates, shorter
+        // than the harness's 500 ms replica timeout, so a stalled peer is replaced by
+        // speculation rather than by its timeout.
+        extra: vec!["--speculative-read-ms=300".into()],
+        ..Default::default()
+    };
+    let cluster = Cluster::start(3, opts).await;
+    let c = cluster.app_client(0);
+    let keys: Vec<String> = (0..30).map(|i| format!("fanout-{i}")).collect();
+    for k in &keys {
+        let put = c.put(k, Bytes::from(k.clone()), None, "").await.unwrap();
+        assert_eq!(put.status.as_u16(), 204, "{}", put.text());
+    }
+    let peer_reads = || async {
+        cluster
+            .metric_where(1, "dynamo_replica_requests_total", "op=\"read\"")
+            .await
+            + cluster
+                .metric_where(2, "dynamo_replica_requests_total", "op=\"read\"")
+                .await
+    };
+    let extra = |reason: &'static str| {
+        let label = format!("reason=\"{reason}\"");
+        let cluster = &cluster;
+        async move {
+            cluster
+                .metric_where(0, "dynamo_read_extra_replicas_total", &label)
+                .await
+        }
+    };
+    let (reads_before, slow_before, failed_before) = (
+        peer_reads().await,
+        extra("slow").await,
+        extra("failed").await,
+    );
+    for k in &keys {
+        let got = c.get(k, "").await.unwrap();
+        assert_eq!(got.status.as_u16(), 200, "{}", got.text());
+        assert_eq!(got.body, Bytes::from(k.clone()));
+    }
+    let asked_beyond_r = extra("slow").await - slow_before + extra("failed").await - failed_before;
+    // With N = 3 and 3 members m0 holds every key: each read asks m0 and one peer, plus
+    // one more peer for every read that speculated (asking all N would read 60 here).
+    assert_eq!(peer_reads().await - reads_before, 30.0 + asked_beyond_r);
+    assert!(asked_beyond_r < 30.0, "every read speculated");
+
+    // m2 stops answering but keeps its connections: until the failure detector notices,
+    // reads that pick m2 as their peer wait the speculative 300 ms and then ask m1.
+    cluster.signal(2, "STOP");
+    let slow_before = extra("slow").await;
+    for k in &keys {
+        let got = c.get(k, "").await.unwrap();
+        assert_eq!(got.status.as_u16(), 200, "{k}: {}", got.text());
+        assert_eq!(got.body, Bytes::from(k.clone()));
+    }
+    cluster.signal(2, "CONT");
+    assert!(
+        extra("slow").await > slow_before,
+        "no read asked m1 after m2 stalled"
+    );
+}
+
 /// Writes fail (503, never success) when the quorum cannot be met, and report the acks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn write_without_quorum_is_reported_as_failed() {

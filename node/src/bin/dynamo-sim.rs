@@ -1,6 +1,6 @@
 //! Runs simulated clusters: `dynamo-sim --seed 42` replays one seed; `dynamo-sim --seeds
 //! 10000` runs that many seeds (from `--start`), stopping at the first failure or after
-//! `--max-minutes`.
+//! `--max-minutes`. `--grow` runs [`Scenario::grow_under_load`] instead of random faults.
 
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,10 @@ struct Args {
     /// Stop after this many minutes even if seeds remain.
     #[arg(long, default_value_t = 60)]
     max_minutes: u64,
+    /// Instead of faults drawn from the seed: 3 members grow to 5 under load with no
+    /// other fault, and every read must see the writes acknowledged before it began.
+    #[arg(long)]
+    grow: bool,
 }
 
 fn main() {
@@ -35,8 +39,15 @@ fn main() {
             .with_writer(std::io::stderr)
             .try_init();
     }
+    let scenario = |seed| {
+        if args.grow {
+            Scenario::grow_under_load(seed)
+        } else {
+            Scenario::from_seed(seed)
+        }
+    };
     if let Some(seed) = args.seed {
-        let scenario = Scenario::from_seed(seed);
+        let scenario = scenario(seed);
         println!("{scenario:?}");
         match run(&scenario) {
             Ok(report) => {
@@ -44,11 +55,12 @@ fn main() {
                     println!("fault: {f}");
                 }
                 println!(
-                    "seed {seed}: ok — {} ops, {} acknowledged writes, converged {} ms after healing, {} ms simulated, digest {:016x}",
+                    "seed {seed}: ok — {} ops, {} acknowledged writes, converged {} ms after healing, {} ms simulated, {} membership change(s) asked again, digest {:016x}",
                     report.ops,
                     report.acknowledged_writes,
                     report.converged_after_ms,
                     report.simulated_ms,
+                    report.repeated_changes,
                     report.digest
                 );
             }
@@ -67,7 +79,7 @@ fn main() {
             println!("time limit reached");
             break;
         }
-        match run(&Scenario::from_seed(seed)) {
+        match run(&scenario(seed)) {
             Ok(report) => {
                 passed += 1;
                 if passed.is_multiple_of(10) {

@@ -1,9 +1,14 @@
 //! Ownership handoff: filling the target ring before it replaces the base ring.
 //!
 //! When the claimant publishes a target ring, each member works out the partitions it
-//! replicates in the target but not in the base (its *pull duties*) and pulls each one,
-//! page by page, from the old replica it replaces (or, if that one is down, from every
-//! live old replica), merging every record by clock. Progress is saved after every page,
+//! replicates in the target but not in the base (its *pull duties*). It starts pulling
+//! only once every live member has acknowledged the target ring (see
+//! [`Membership::acknowledge_ring`]): until then a member still on the older view may
+//! acknowledge a write that reached only the old replicas, after the pull went by. Each
+//! partition is pulled page by page from the old replica it replaces (or, if that one is
+//! down, from every live old replica), merging every record by clock, then compared by
+//! Merkle tree with the other live old replicas: a write acknowledged by `W` of them need
+//! not be on the one pulled from. Progress is saved after every page,
 //! so a restart of either side resumes where it stopped; transfers are throttled. Once all
 //! its pulls are done a member announces `synced_epoch = target epoch` by gossip; when
 //! every receiver has done so the claimant retires the base ring, and only then do old
@@ -20,6 +25,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::antientropy::AntiEntropy;
 use crate::config::NodeConfig;
 use crate::membership::{ClusterView, Membership, PullDuty};
 use crate::metrics::Metrics;
@@ -60,6 +66,8 @@ pub struct HandoffStatus {
     pub base_epoch: u64,
     pub target_epoch: Option<u64>,
     pub pending: usize,
+    /// Live members that have not acknowledged the target ring yet; pulls wait for them.
+    pub awaiting_ack: Vec<MemberId>,
     pub partitions: Vec<PullProgress>,
 }
 
@@ -75,7 +83,10 @@ pub struct Handoff {
     membership: Arc<Membership>,
     rpc: RpcClient,
     metrics: Metrics,
+    antientropy: Arc<AntiEntropy>,
     progress: Mutex<Progress>,
+    /// Members the last check found not to have acknowledged the target ring.
+    awaiting_ack: Mutex<Vec<MemberId>>,
 }
 
 fn resume_key(base: u64, p: PartitionId) -> Vec<u8> {
@@ -85,7 +96,7 @@ fn resume_key(base: u64, p: PartitionId) -> Vec<u8> {
 const DONE_MARK: &[u8] = b"\xffdone";
 
 impl Handoff {
-    pub fn new(services: &Services) -> Arc<Handoff> {
+    pub fn new(services: &Services, antientropy: Arc<AntiEntropy>) -> Arc<Handoff> {
         let s = services.clone();
         Arc::new(Handoff {
             config: s.config,
@@ -93,10 +104,12 @@ impl Handoff {
             membership: s.membership,
             rpc: s.rpc,
             metrics: s.metrics,
+            antientropy,
             progress: Mutex::new(Progress {
                 epochs: (0, 0),
                 partitions: BTreeMap::new(),
             }),
+            awaiting_ack: Mutex::new(Vec::new()),
         })
     }
 
@@ -105,6 +118,7 @@ impl Handoff {
         let view = self.membership.view();
         let progress = self.progress.lock();
         let partitions: Vec<PullProgress> = progress.partitions.values().cloned().collect();
+        let in_transition = view.as_ref().is_some_and(|v| v.in_transition());
         HandoffStatus {
             base_epoch: view.as_ref().map_or(0, |v| v.base().epoch),
             target_epoch: view
@@ -115,7 +129,12 @@ impl Handoff {
                 .iter()
                 .filter(|p| p.state != PullState::Done)
                 .count(),
-            partitions: if view.as_ref().is_some_and(|v| v.in_transition()) {
+            awaiting_ack: if in_transition {
+                self.awaiting_ack.lock().clone()
+            } else {
+                Vec::new()
+            },
+            partitions: if in_transition {
                 partitions
             } else {
                 Vec::new()
@@ -174,7 +193,18 @@ impl Handoff {
             if view.version != stable_since.0 {
                 stable_since = (view.version, Instant::now());
             }
+            self.membership.acknowledge_ring();
             if view.in_transition() {
+                let target = view.current().epoch;
+                let awaiting = self.membership.not_acknowledged(target);
+                let was_awaiting =
+                    std::mem::replace(&mut *self.awaiting_ack.lock(), awaiting.clone());
+                if !awaiting.is_empty() {
+                    if awaiting != was_awaiting {
+                        tracing::info!(epoch = target, members = ?awaiting, "handoff waits until these members acknowledge the target ring");
+                    }
+                    continue;
+                }
                 self.pull_round(&view, &mut shutdown).await;
             } else {
                 self.settle(&view);
@@ -375,12 +405,51 @@ impl Handoff {
                 }
             }
         }
+        self.reconcile_with_old_replicas(view, duty, &sources)
+            .await?;
         self.store
             .meta_put(&resume_key(base, duty.partition), Some(DONE_MARK.to_vec()))
             .await
             .map_err(|e| e.to_string())?;
         self.mark_done(duty.partition);
         tracing::debug!(partition = duty.partition, from = ?sources, "partition received");
+        Ok(())
+    }
+
+    /// Compares the pulled partition by Merkle tree with every other live old replica and
+    /// exchanges what differs. A write acknowledged by `W` old replicas need not be on the
+    /// one pulled from (it may have been down or slow for that write, its copy still
+    /// travelling as a hint); one acknowledged by `W` is on every set of `N - W + 1` of them.
+    /// Requires at least `R` old replicas covered in all, as a read of the base ring would.
+    async fn reconcile_with_old_replicas(
+        &self,
+        view: &ClusterView,
+        duty: &PullDuty,
+        pulled_from: &[MemberId],
+    ) -> Result<(), String> {
+        let me = self.membership.me();
+        let mut covered = pulled_from.len();
+        for peer in duty
+            .sources
+            .iter()
+            .filter(|m| *m != me && !pulled_from.contains(m))
+        {
+            if !self.membership.is_alive(peer) {
+                continue;
+            }
+            self.antientropy
+                .exchange(peer, &[duty.partition], view)
+                .await
+                .map_err(|e| format!("comparing with {peer}: {e}"))?;
+            covered += 1;
+        }
+        let needed = view.settings.r.min(duty.sources.len());
+        if covered < needed {
+            return Err(format!(
+                "only {covered} of the {} old replicas are reachable, {needed} are needed",
+                duty.sources.len()
+            ));
+        }
         Ok(())
     }
 

@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use crate::config::NodeConfig;
 use crate::env::Env;
 use crate::metrics::Metrics;
-use crate::ring::MemberId;
+use crate::ring::{MemberId, PartitionId};
 use crate::rpc::{ErrorCode, RemoteError, Request, Response, RpcClient, RpcError};
 pub use detector::Arrivals;
 pub use view::{ClusterView, MemberStatus, PullDuty, ViewError, ViewMember};
@@ -52,6 +52,14 @@ pub struct MemberState {
     pub pulls_pending: u32,
     /// Incarnation of the member's data directory (its clock actor).
     pub incarnation: u64,
+    /// Newest ring epoch this member has acknowledged: it has adopted a view with that
+    /// ring and no write it began under an older ring is still running, so every write it
+    /// coordinates from now on reaches that ring's replicas. Handoff pulls wait for it.
+    pub acked_epoch: u64,
+    /// Epoch of the ring this member's reads ask: the base ring while a move is in
+    /// flight, the target once every receiver has synced it. The claimant retires the base
+    /// (writes stop reaching it) only once every live member reads the target.
+    pub read_epoch: u64,
 }
 
 impl MemberState {
@@ -134,6 +142,31 @@ pub struct MemberInfo {
     pub synced_epoch: u64,
     pub pulls_pending: u32,
     pub partitions_owned: u32,
+    /// See [`MemberState::acked_epoch`].
+    pub acked_epoch: u64,
+    /// See [`MemberState::read_epoch`].
+    pub read_epoch: u64,
+}
+
+/// Writes being coordinated, counted by the ring epoch of the view each began under.
+type WritesInFlight = Arc<Mutex<BTreeMap<u64, usize>>>;
+
+/// Held while a write is coordinated under one view (see [`Membership::view_for_write`]).
+pub struct WriteLease {
+    epoch: u64,
+    in_flight: WritesInFlight,
+}
+
+impl Drop for WriteLease {
+    fn drop(&mut self) {
+        let mut in_flight = self.in_flight.lock();
+        if let Some(n) = in_flight.get_mut(&self.epoch) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                in_flight.remove(&self.epoch);
+            }
+        }
+    }
 }
 
 struct State {
@@ -155,6 +188,12 @@ pub struct Membership {
     view_tx: watch::Sender<Option<Arc<ClusterView>>>,
     /// Whether an exchange with a peer believed down is under way (at most one at a time).
     probing: AtomicBool,
+    /// A hand-over of queued membership changes to the claimant is under way.
+    handing_over: AtomicBool,
+    /// Locked after `state` when both are held.
+    writes_in_flight: WritesInFlight,
+    /// Whether this process has compared cluster views with a peer since it started.
+    caught_up: AtomicBool,
 }
 
 impl Membership {
@@ -185,6 +224,9 @@ impl Membership {
             }),
             view_tx,
             probing: AtomicBool::new(false),
+            handing_over: AtomicBool::new(false),
+            writes_in_flight: WritesInFlight::default(),
+            caught_up: AtomicBool::new(false),
         })
     }
 
@@ -194,6 +236,117 @@ impl Membership {
 
     pub fn view(&self) -> Option<Arc<ClusterView>> {
         self.state.lock().view.clone()
+    }
+
+    /// Whether this member may coordinate requests: it has compared cluster views with a
+    /// peer since it started, or is the cluster's only member. A restarted member holds the
+    /// view it had when it stopped; the ring may have moved since, and a write placed by
+    /// that old ring lands on members that are about to drop the partition.
+    pub fn may_coordinate(&self) -> bool {
+        if self.caught_up.load(Ordering::Acquire) {
+            return true;
+        }
+        let st = self.state.lock();
+        st.view
+            .as_ref()
+            .is_some_and(|v| v.active_members().all(|m| *m == self.me))
+    }
+
+    fn mark_caught_up(&self) {
+        if !self.caught_up.swap(true, Ordering::AcqRel) {
+            tracing::debug!("compared cluster views with a peer; coordinating requests");
+        }
+    }
+
+    /// The view to coordinate a write under, registered until the lease is dropped so that
+    /// [`Membership::acknowledge_ring`] can tell when writes under older rings are done.
+    /// Taking both under one lock means no write can begin under a ring after a newer one
+    /// was acknowledged.
+    pub fn view_for_write(&self) -> Option<(Arc<ClusterView>, WriteLease)> {
+        let st = self.state.lock();
+        let view = st.view.clone()?;
+        let epoch = view.current().epoch;
+        *self.writes_in_flight.lock().entry(epoch).or_default() += 1;
+        drop(st);
+        let lease = WriteLease {
+            epoch,
+            in_flight: self.writes_in_flight.clone(),
+        };
+        Some((view, lease))
+    }
+
+    /// Acknowledges the ring of the adopted view once no write begun under an older ring
+    /// is still running (Garage's layout "ack"): from then on every write this member
+    /// coordinates reaches that ring's replicas, so what new owners pull afterwards cannot
+    /// miss an acknowledged write. Returns the acknowledged epoch.
+    pub fn acknowledge_ring(&self) -> u64 {
+        let mut st = self.state.lock();
+        let Some(epoch) = st.view.as_ref().map(|v| v.current().epoch) else {
+            return 0;
+        };
+        let drained = self.writes_in_flight.lock().range(..epoch).next().is_none();
+        let Some(me) = st.table.get_mut(&self.me) else {
+            return 0;
+        };
+        if drained && me.acked_epoch < epoch {
+            me.acked_epoch = epoch;
+            me.version += 1;
+            tracing::debug!(epoch, "acknowledged ring");
+        }
+        me.acked_epoch
+    }
+
+    /// Points this member's reads at the target ring once every member receiving
+    /// partitions in it has synced (as gossip shows), back at the base while it has not
+    /// (a new target may replace the synced one). Reading the base is always safe while it
+    /// lives: every write of a view in transition reaches a quorum of it. Returns the epoch.
+    pub fn update_read_ring(&self) -> u64 {
+        let mut st = self.state.lock();
+        let Some(view) = st.view.clone() else {
+            return 0;
+        };
+        let target = view.current().epoch;
+        let epoch = if !view.in_transition()
+            || view
+                .receivers()
+                .all(|m| st.table.get(m).is_some_and(|s| s.synced_epoch >= target))
+        {
+            target
+        } else {
+            view.base().epoch
+        };
+        let Some(me) = st.table.get_mut(&self.me) else {
+            return 0;
+        };
+        if me.read_epoch != epoch {
+            me.read_epoch = epoch;
+            me.version += 1;
+            tracing::debug!(epoch, "reads now ask this ring");
+        }
+        epoch
+    }
+
+    /// The replicas of `p` a read coordinated here asks (see [`Membership::update_read_ring`]).
+    pub fn read_set(&self, view: &ClusterView, p: PartitionId) -> Vec<MemberId> {
+        let epoch = self
+            .state
+            .lock()
+            .table
+            .get(&self.me)
+            .map_or(0, |s| s.read_epoch);
+        view.read_set_at(p, epoch)
+    }
+
+    /// Members believed alive that have not acknowledged ring `epoch` yet: writes they
+    /// coordinate may still go only to an older ring's replicas.
+    pub fn not_acknowledged(&self, epoch: u64) -> Vec<MemberId> {
+        let st = self.state.lock();
+        let now = Instant::now();
+        st.table
+            .iter()
+            .filter(|(id, s)| s.acked_epoch < epoch && self.alive_locked(&st, id, now))
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
     /// Notified whenever a newer view is adopted.
@@ -311,6 +464,8 @@ impl Membership {
                     synced_epoch: state.map_or(0, |s| s.synced_epoch),
                     pulls_pending: state.map_or(0, |s| s.pulls_pending),
                     partitions_owned: owned,
+                    acked_epoch: state.map_or(0, |s| s.acked_epoch),
+                    read_epoch: state.map_or(0, |s| s.read_epoch),
                     id,
                 }
             })
@@ -424,11 +579,15 @@ impl Membership {
             .map(|e| e.id.clone())
             .collect();
         let (ours_newer, theirs_newer) = Self::view_is_newer(st.view.as_ref(), &digest.view);
+        drop(st);
+        if !theirs_newer {
+            self.mark_caught_up();
+        }
         GossipDelta {
             entries,
             requests,
             view: if ours_newer {
-                st.view.as_deref().cloned()
+                self.view().as_deref().cloned()
             } else {
                 None
             },
@@ -441,6 +600,7 @@ impl Membership {
         self.apply_entries(push.entries);
         if let Some(v) = push.view {
             self.offer_view(v);
+            self.mark_caught_up();
         }
     }
 
@@ -503,6 +663,8 @@ impl Membership {
         if let Some(v) = view {
             self.offer_view(v);
         }
+        // The peer sent its view if it was newer than ours; either way ours is now as new.
+        self.mark_caught_up();
         let push = {
             let st = self.state.lock();
             GossipPush {
@@ -653,6 +815,8 @@ impl Membership {
                 _ = tick.tick() => {}
                 _ = shutdown.changed() => return,
             }
+            self.acknowledge_ring();
+            self.update_read_ring();
             if let Some(addr) = self.gossip_round().await
                 && !self.probing.swap(true, Ordering::AcqRel)
             {
@@ -665,6 +829,17 @@ impl Membership {
                 });
             }
             self.claimant_duties();
+            if self.holds_requests_for_another_claimant()
+                && !self.handing_over.swap(true, Ordering::AcqRel)
+            {
+                // In the background, like the probe: the claimant may take the whole
+                // request timeout to answer, and heartbeats must not wait for it.
+                let this = self.clone();
+                tokio::spawn(async move {
+                    this.hand_over_queued_requests().await;
+                    this.handing_over.store(false, Ordering::Release);
+                });
+            }
             self.update_member_gauges();
         }
     }
@@ -816,12 +991,79 @@ impl Membership {
         }
     }
 
+    /// Whether this member queued joins or leaves as claimant and another member is the
+    /// claimant now (this one was not the first live member for a moment: the first came
+    /// back from a restart, say).
+    fn holds_requests_for_another_claimant(&self) -> bool {
+        let st = self.state.lock();
+        if st.joins.is_empty() && st.leaves.is_empty() {
+            return false;
+        }
+        let now = Instant::now();
+        st.view
+            .as_ref()
+            .and_then(|v| v.claimant(|id| self.alive_locked(&st, id, now)))
+            .is_some_and(|claimant| claimant != self.me)
+    }
+
+    /// Forwards the joins and leaves queued here to the claimant. The caller was told they
+    /// were accepted, and only the claimant plans: left here they would wait forever.
+    /// Those the claimant cannot take now (unreachable, or not the claimant in its own
+    /// view yet) stay queued for the next round; those it refuses are dropped, with the
+    /// reason in the log.
+    async fn hand_over_queued_requests(&self) {
+        let requests: Vec<Request> = {
+            let mut st = self.state.lock();
+            let joins = std::mem::take(&mut st.joins);
+            let leaves = std::mem::take(&mut st.leaves);
+            joins
+                .into_iter()
+                .map(|(member, weight)| Request::Join { member, weight })
+                .chain(leaves.into_iter().map(|member| Request::Leave { member }))
+                .collect()
+        };
+        for request in requests {
+            let (kind, member) = match &request {
+                Request::Join { member, .. } => ("join", member.clone()),
+                Request::Leave { member } => ("leave", member.clone()),
+                _ => continue,
+            };
+            match self.forward_or_queue(request.clone()).await {
+                Ok(()) => tracing::info!(
+                    %member,
+                    change = kind,
+                    "handed a queued membership change to the claimant"
+                ),
+                Err(e) if matches!(e.code, ErrorCode::Unavailable | ErrorCode::NotClaimant) => {
+                    tracing::debug!(%member, change = kind, error = %e.message, "claimant cannot take a queued membership change yet");
+                    let mut st = self.state.lock();
+                    match request {
+                        Request::Join { member, weight } => {
+                            st.joins.entry(member).or_insert(weight);
+                        }
+                        Request::Leave { member } => {
+                            st.leaves.insert(member);
+                        }
+                        _ => {}
+                    }
+                }
+                Err(e) => tracing::warn!(
+                    %member,
+                    change = kind,
+                    error = %e.message,
+                    "the claimant refused a queued membership change; dropping it"
+                ),
+            }
+        }
+    }
+
     /// If this member is the claimant: plans queued joins and leaves, and retires the base
-    /// ring once every receiving member has synced.
+    /// ring once every receiving member has synced and every live member reads the target
+    /// (after the retirement, writes no longer reach the base ring's replicas).
     pub fn claimant_duties(&self) {
         // Gather what planning needs under the lock, plan without it (planning a large ring
         // takes milliseconds, and gossip handlers must not wait on it).
-        let (view, joins, leaves, synced) = {
+        let (view, joins, leaves, synced, all_read_target) = {
             let st = self.state.lock();
             let now = Instant::now();
             let Some(view) = st.view.clone() else { return };
@@ -836,7 +1078,12 @@ impl Membership {
                 .iter()
                 .map(|(id, s)| (id.clone(), s.synced_epoch))
                 .collect();
-            (view, joins, leaves, synced)
+            let target = view.current().epoch;
+            let all_read_target = st
+                .table
+                .iter()
+                .all(|(id, s)| s.read_epoch >= target || !self.alive_locked(&st, id, now));
+            (view, joins, leaves, synced, all_read_target)
         };
         let next = if !joins.is_empty() || !leaves.is_empty() {
             match view.with_changes(&joins, &leaves, &self.me, self.env.random_u64()) {
@@ -849,8 +1096,10 @@ impl Membership {
                     None
                 }
             }
-        } else {
+        } else if all_read_target {
             view.retire_if_synced(|id| synced.get(id).copied().unwrap_or(0), &self.me)
+        } else {
+            None
         };
         if let Some(v) = next {
             tracing::info!(
@@ -889,6 +1138,7 @@ mod tests {
     use rand::SeedableRng;
 
     use super::*;
+    use crate::config::ClusterSettings;
     use crate::env::SystemClock;
     use crate::rpc::transport::{BoxConnection, BoxFuture, Listener, Network};
 
@@ -925,18 +1175,44 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn gossip_starts_only_once_the_advertised_address_resolves() {
         let connects = Arc::new(AtomicUsize::new(0));
-        let env = Env {
-            network: Arc::new(LateDns {
-                lookups: AtomicUsize::new(0),
-                unresolved: 8,
-                connects: connects.clone(),
-            }),
-            clock: Arc::new(SystemClock),
-            rng: Arc::new(Mutex::new(rand_chacha::ChaCha8Rng::seed_from_u64(7))),
+        let dns = LateDns {
+            lookups: AtomicUsize::new(0),
+            unresolved: 8,
+            connects: connects.clone(),
         };
         let mut config = NodeConfig::for_local("m1", 8080, 7070, PathBuf::new());
         config.seeds = vec!["seed.example:7070".into()];
         config.gossip_interval = Duration::from_millis(100);
+        let membership = test_member(config, dns, None);
+        let (stop, stopped) = watch::channel(false);
+        let gossip = tokio::spawn(membership.run_gossip(stopped));
+        // 8 failed lookups 250 ms apart: nothing may be sent in the first 1.75 s.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(
+            connects.load(Ordering::SeqCst),
+            0,
+            "gossiped before the address resolved"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(
+            connects.load(Ordering::SeqCst) > 0,
+            "gossip did not start once the address resolved"
+        );
+        stop.send_replace(true);
+        gossip.await.unwrap();
+    }
+
+    /// A member over `network`, holding `view`.
+    fn test_member(
+        config: NodeConfig,
+        network: LateDns,
+        view: Option<ClusterView>,
+    ) -> Arc<Membership> {
+        let env = Env {
+            network: Arc::new(network),
+            clock: Arc::new(SystemClock),
+            rng: Arc::new(Mutex::new(rand_chacha::ChaCha8Rng::seed_from_u64(7))),
+        };
         let metrics = Metrics::new();
         let rpc = RpcClient::new(
             env.clone(),
@@ -954,23 +1230,66 @@ mod tests {
             synced_epoch: 0,
             pulls_pending: 0,
             incarnation: 1,
+            acked_epoch: 0,
+            read_epoch: 0,
         };
-        let membership = Membership::new(config, env, rpc, metrics, me, None);
-        let (stop, stopped) = watch::channel(false);
-        let gossip = tokio::spawn(membership.run_gossip(stopped));
-        // 8 failed lookups 250 ms apart: nothing may be sent in the first 1.75 s.
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        Membership::new(config, env, rpc, metrics, me, view)
+    }
+
+    /// A member gossiping only in process (see [`Membership::gossip_with`]).
+    fn in_process_member(id: &str, view: &ClusterView) -> Arc<Membership> {
+        let dns = LateDns {
+            lookups: AtomicUsize::new(0),
+            unresolved: 0,
+            connects: Arc::new(AtomicUsize::new(0)),
+        };
+        let config = NodeConfig::for_local(id, 8080, 7070, PathBuf::new());
+        test_member(config, dns, Some(view.clone()))
+    }
+
+    #[tokio::test]
+    async fn a_ring_is_acknowledged_only_once_writes_begun_under_older_rings_are_done() {
+        let (a, b) = (MemberId::from("a"), MemberId::from("b"));
+        let settings = ClusterSettings {
+            partitions: 16,
+            n: 2,
+            r: 1,
+            w: 1,
+            ..ClusterSettings::default()
+        };
+        let one = ClusterView::bootstrap(&a, 1, settings, 1).unwrap();
+        let two = one.with_changes(&[(b.clone(), 1)], &[], &a, 2).unwrap();
+        let (e1, e2) = (one.current().epoch, two.current().epoch);
+        assert!(e2 > e1);
+        let ma = in_process_member("a", &one);
+        let mb = in_process_member("b", &one);
+        assert_eq!(ma.acknowledge_ring(), e1);
+        assert_eq!(mb.acknowledge_ring(), e1);
+
+        // b begins a write under the old ring, then both adopt the new one.
+        let (write_view, lease) = mb.view_for_write().unwrap();
+        assert_eq!(write_view.current().epoch, e1);
+        assert!(ma.offer_view(two.clone()));
+        assert!(mb.offer_view(two.clone()));
+        assert_eq!(ma.acknowledge_ring(), e2);
         assert_eq!(
-            connects.load(Ordering::SeqCst),
-            0,
-            "gossiped before the address resolved"
+            mb.acknowledge_ring(),
+            e1,
+            "acknowledged while an old write runs"
         );
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        assert!(
-            connects.load(Ordering::SeqCst) > 0,
-            "gossip did not start once the address resolved"
-        );
-        stop.send_replace(true);
-        gossip.await.unwrap();
+        // A write begun under the new ring does not hold the acknowledgement back.
+        let (_, new_lease) = ma.view_for_write().unwrap();
+        assert_eq!(ma.acknowledge_ring(), e2);
+        drop(new_lease);
+
+        ma.gossip_with(&mb);
+        assert_eq!(ma.not_acknowledged(e2), vec![b.clone()]);
+        assert_eq!(mb.not_acknowledged(e2), vec![b.clone()]);
+
+        drop(lease);
+        assert_eq!(mb.acknowledge_ring(), e2);
+        mb.gossip_with(&ma);
+        assert!(ma.not_acknowledged(e2).is_empty());
+        assert!(mb.not_acknowledged(e2).is_empty());
     }
 }

@@ -185,9 +185,26 @@ impl ClusterView {
         sets
     }
 
-    /// Replicas a read asks: those of the base ring (complete even mid-move).
+    /// Replicas of the base ring (complete even mid-move): those anti-entropy compares.
     pub fn read_set(&self, p: PartitionId) -> Vec<MemberId> {
         self.base().primaries(p, self.settings.n)
+    }
+
+    /// Replicas of `p` in the live ring of epoch `epoch`, the base ring's if none has it.
+    pub fn read_set_at(&self, p: PartitionId, epoch: u64) -> Vec<MemberId> {
+        let ring = self
+            .rings
+            .iter()
+            .find(|r| r.epoch == epoch)
+            .unwrap_or_else(|| self.base());
+        ring.primaries(p, self.settings.n)
+    }
+
+    /// Members that receive partitions in the target ring (none when not in transition).
+    pub fn receivers(&self) -> impl Iterator<Item = &MemberId> {
+        self.current()
+            .member_ids()
+            .filter(|m| !self.pull_duties(m).is_empty())
     }
 
     /// Whether `id` holds a replica of `p` in any live ring.
@@ -295,11 +312,7 @@ impl ClusterView {
             return None;
         }
         let target = self.current();
-        let receivers: Vec<&MemberId> = target
-            .member_ids()
-            .filter(|m| !self.pull_duties(m).is_empty())
-            .collect();
-        if receivers.iter().any(|m| synced(m) < target.epoch) {
+        if self.receivers().any(|m| synced(m) < target.epoch) {
             return None;
         }
         let mut next = self.clone();

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::{ClientOp, ClientRequest, ClientResponse, RefusalCode};
 use crate::clock::{ActorId, ConflictMode, Object};
-use crate::config::NodeConfig;
+use crate::config::{NodeConfig, ReadFanout};
 use crate::env::Env;
 use crate::membership::{ClusterView, Membership};
 use crate::metrics::Metrics;
@@ -110,10 +110,26 @@ impl Replicator {
                 message: "this member has not joined a cluster yet".into(),
             };
         };
+        if !self.membership.may_coordinate() {
+            return ClientResponse::Refused {
+                code: RefusalCode::NotReady,
+                message:
+                    "this member has just started and not yet compared cluster views with a peer"
+                        .into(),
+            };
+        }
         let p = view.current().partition_of_key(&request.key);
         match request.op {
             ClientOp::Get => self.coordinate_read(&view, p, request).await,
             _ => {
+                // Held until the client is answered: handoff pulls wait until no write
+                // begun under an older ring is still running on any member.
+                let Some((view, _lease)) = self.membership.view_for_write() else {
+                    return ClientResponse::Refused {
+                        code: RefusalCode::NotReady,
+                        message: "this member has not joined a cluster yet".into(),
+                    };
+                };
                 if !forwarded
                     && !view.replicates(&self.me, p)
                     && let Some(resp) = self.forward(&view, p, &request).await
@@ -413,6 +429,7 @@ impl Replicator {
                 .is_ok()
             {
                 self.metrics.hints_stored.inc();
+                tracing::debug!(peer = %target, fallback = %fallback, partition = p, believed_up, "a fallback keeps a hint for a replica");
                 return Delivery::Hinted(fallback);
             }
         }
@@ -554,6 +571,22 @@ impl Replicator {
         }
     }
 
+    /// The order a read asks replicas in: this member first (no network hop), then the
+    /// others in preference order, those the failure detector believes alive first.
+    fn read_order(&self, mut targets: Vec<MemberId>) -> Vec<MemberId> {
+        // A stable sort keeps the preference order within each class.
+        targets.sort_by_key(|m| {
+            if m == &self.me {
+                0
+            } else if self.membership.is_alive(m) {
+                1
+            } else {
+                2
+            }
+        });
+        targets
+    }
+
     async fn coordinate_read(
         self: &Arc<Self>,
         view: &ClusterView,
@@ -562,33 +595,75 @@ impl Replicator {
     ) -> ClientResponse {
         let settings = &view.settings;
         let mode = request.conflicts.unwrap_or(settings.conflicts);
-        let targets = view.read_set(p);
+        let targets = self.membership.read_set(view, p);
         let r = request
             .r
             .unwrap_or(settings.r)
             .clamp(1, settings.n)
             .min(targets.len());
         let key = request.key;
+        let targets = self.read_order(targets);
+        let (initial, speculate_after) = match self.config.read_fanout {
+            ReadFanout::All => (targets.len(), None),
+            ReadFanout::Quorum { speculate_after } => (r, Some(speculate_after)),
+        };
         let (tx, mut rx) = mpsc::channel(targets.len().max(1));
-        for target in &targets {
+        let mut untried = targets.iter();
+        let ask = |target: &MemberId| {
             let this = self.clone();
             let (tx, target, key) = (tx.clone(), target.clone(), key.clone());
             tokio::spawn(async move {
                 let result = this.read_from(&target, p, &key).await;
                 let _ = tx.send((target, result)).await;
             });
+        };
+        let mut outstanding = 0usize;
+        for target in untried.by_ref().take(initial) {
+            ask(target);
+            outstanding += 1;
         }
-        drop(tx);
         let deadline = Instant::now() + self.config.request_timeout;
+        let mut speculate_at = speculate_after.map(|after| Instant::now() + after);
         let mut replies: Vec<(MemberId, Option<Object>)> = Vec::new();
-        let mut failures = 0usize;
-        while replies.len() < r && replies.len() + failures < targets.len() {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some((member, Ok(obj)))) => replies.push((member, obj)),
-                Ok(Some((_, Err(_)))) => failures += 1,
-                Ok(None) | Err(_) => break,
+        while replies.len() < r && outstanding > 0 {
+            let speculation = async {
+                match speculate_at {
+                    Some(at) if untried.len() > 0 => tokio::time::sleep_until(at).await,
+                    _ => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                // Biased like every select in node code, so a simulation seed replays.
+                biased;
+                received = tokio::time::timeout_at(deadline, rx.recv()) => match received {
+                    Ok(Some((member, result))) => {
+                        outstanding -= 1;
+                        match result {
+                            Ok(obj) => replies.push((member, obj)),
+                            // A quorum read replaces a replica that failed at once; an `All`
+                            // read has asked every replica already.
+                            Err(_) => {
+                                if let Some(next) = untried.next() {
+                                    self.metrics.extra_reads.with_label_values(&["failed"]).inc();
+                                    ask(next);
+                                    outstanding += 1;
+                                }
+                            }
+                        }
+                    }
+                    Ok(None) | Err(_) => break,
+                },
+                () = speculation => {
+                    if let Some(next) = untried.next() {
+                        self.metrics.extra_reads.with_label_values(&["slow"]).inc();
+                        ask(next);
+                        outstanding += 1;
+                    }
+                    speculate_at = speculate_after.map(|after| Instant::now() + after);
+                }
             }
         }
+        drop(tx);
         if replies.len() < r {
             self.metrics
                 .quorum_failures

@@ -6,7 +6,9 @@
 //! shape, the workload, the faults and every scheduling decision, so a failing seed
 //! replays exactly. For that, every `tokio::select!` in node code is `biased;`: without
 //! `tokio_unstable`, tokio picks among branches ready together with a generator no seed
-//! reaches, and a replay of the same seed once diverged on such a tie.
+//! reaches, and a replay of the same seed once diverged on such a tie. And a crashed
+//! member sends nothing (see [`crash_silently`]), since the order its tasks are dropped in
+//! depends on what else ran in the process.
 //!
 //! A run: form the cluster; let concurrent clients put (with and without context), delete
 //! and get a few hot keys while faults strike (partitions, one-way partitions, message
@@ -66,6 +68,9 @@ pub struct Scenario {
     /// Faults at fixed times instead of random ones: (start after the cluster is ready,
     /// duration, fault), in milliseconds.
     pub scripted: Option<Vec<(u64, u64, Fault)>>,
+    /// Also check that every read sees the writes acknowledged before it began
+    /// ([`checker::check_fresh_reads`]); only for runs whose faults are joins and leaves.
+    pub check_fresh_reads: bool,
 }
 
 impl Scenario {
@@ -88,6 +93,37 @@ impl Scenario {
             converge_within: Duration::from_secs(240),
             bug_ack_before_quorum: false,
             scripted: None,
+            check_fresh_reads: false,
+        }
+    }
+}
+
+impl Scenario {
+    /// 3 members grow to 5 under load, as the operator scales a StatefulSet, with nothing
+    /// else going wrong, so every read must see the writes acknowledged before it began.
+    /// Members adopt each new view a gossip round or two apart: for a moment some still
+    /// coordinate writes under the old ring alone, and new owners must not pull before
+    /// those writes are done.
+    pub fn grow_under_load(seed: u64) -> Scenario {
+        Scenario {
+            seed,
+            initial_members: 3,
+            spare_members: 2,
+            partitions: 64,
+            n: 3,
+            r: 2,
+            w: 2,
+            clients: 4,
+            keys: 8,
+            workload: Duration::from_secs(15),
+            faults: 0,
+            converge_within: Duration::from_secs(240),
+            bug_ack_before_quorum: false,
+            scripted: Some(vec![
+                (1_000, 0, Fault::Join { node: 3 }),
+                (1_000, 0, Fault::Join { node: 4 }),
+            ]),
+            check_fresh_reads: true,
         }
     }
 }
@@ -121,6 +157,9 @@ pub struct Report {
     pub converged_after_ms: u64,
     /// A digest of the whole history, equal for two runs of the same seed.
     pub digest: u64,
+    /// Accepted joins and leaves the controller had to ask for again, the members not
+    /// showing them after a while (lost with a crashed claimant).
+    pub repeated_changes: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -152,12 +191,13 @@ struct Shared {
     ready: AtomicBool,
     healed: AtomicBool,
     workload_clients_done: AtomicUsize,
+    repeated_changes: AtomicUsize,
     verified: AtomicBool,
     admin_queue: Mutex<Vec<(u64, AdminCmd)>>,
     convergence: Mutex<Option<Result<u64, String>>>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 enum AdminCmd {
     Join(usize),
     Leave(usize),
@@ -299,6 +339,7 @@ pub fn run(s: &Scenario) -> Result<Report, Failure> {
         ready: AtomicBool::new(false),
         healed: AtomicBool::new(false),
         workload_clients_done: AtomicUsize::new(0),
+        repeated_changes: AtomicUsize::new(0),
         verified: AtomicBool::new(false),
         admin_queue: Mutex::new(Vec::new()),
         convergence: Mutex::new(None),
@@ -351,6 +392,11 @@ pub fn run(s: &Scenario) -> Result<Report, Failure> {
     for i in 0..s.initial_members {
         add_host(&mut sim, i);
     }
+    // Every host on the simulated network, for crashing a member silently.
+    let mut hosts: Vec<String> = (0..s.initial_members).map(host).collect();
+    hosts.push("controller".into());
+    hosts.extend((0..s.clients).map(|c| format!("client{c}")));
+    hosts.push("verifier".into());
 
     // The controller forms the cluster, then runs queued admin commands.
     {
@@ -365,40 +411,37 @@ pub fn run(s: &Scenario) -> Result<Report, Failure> {
             }
             wait_settled(&shared, initial, n).await;
             shared.ready.store(true, Ordering::SeqCst);
+            // Accepted changes, followed to the end (see `confirm_or_repeat`).
+            let mut followed: Vec<(AdminCmd, u64)> = Vec::new();
             while !shared.verified.load(Ordering::SeqCst) {
                 let due: Vec<(u64, AdminCmd)> = std::mem::take(&mut *shared.admin_queue.lock());
                 for (_, cmd) in due {
-                    match cmd {
+                    let accepted = match cmd {
                         AdminCmd::Join(i) => {
-                            if join(&shared, i).await {
+                            let ok = join(&shared, i).await;
+                            if ok {
                                 shared.active.lock().push(i);
                             }
+                            ok
                         }
                         AdminCmd::Leave(i) => {
-                            let via = first_active_other(&shared, i);
-                            let r = admin(
-                                &host(via),
-                                Method::POST,
-                                &format!("/v1/cluster/leave/{}", host(i)),
-                                "",
-                            )
-                            .await;
-                            let ok = r.as_ref().is_ok_and(|r| r.status.as_u16() == 202);
-                            let now = now_ms();
-                            shared.history.lock().event(
-                                now,
-                                format!(
-                                    "leave {} -> {}",
-                                    host(i),
-                                    if ok { "accepted" } else { "refused" }
-                                ),
-                            );
+                            let ok = leave(&shared, i).await;
                             if ok {
                                 shared.active.lock().retain(|&m| m != i);
                             }
+                            ok
                         }
+                    };
+                    if accepted {
+                        // The latest change of a member replaces any earlier one.
+                        let (AdminCmd::Join(i) | AdminCmd::Leave(i)) = cmd;
+                        followed.retain(|(c, _)| {
+                            !matches!(c, AdminCmd::Join(m) | AdminCmd::Leave(m) if *m == i)
+                        });
+                        followed.push((cmd, now_ms()));
                     }
                 }
+                confirm_or_repeat(&shared, &mut followed).await;
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             Ok(())
@@ -473,7 +516,7 @@ pub fn run(s: &Scenario) -> Result<Report, Failure> {
                     ),
                     Fault::Crash { node, wipe } => {
                         if crashed.insert(node) {
-                            sim.crash(host(node));
+                            crash_silently(&mut sim, node, &hosts, &active_faults);
                             if wipe {
                                 engines[node].wipe();
                             }
@@ -481,6 +524,7 @@ pub fn run(s: &Scenario) -> Result<Report, Failure> {
                     }
                     Fault::Join { node } => {
                         add_host(&mut sim, node);
+                        hosts.push(host(node));
                         shared.admin_queue.lock().push((now, AdminCmd::Join(node)));
                     }
                     Fault::Leave { node } => {
@@ -519,7 +563,10 @@ pub fn run(s: &Scenario) -> Result<Report, Failure> {
     let simulated_ms = sim.elapsed().as_millis() as u64;
     match converged {
         Some(Ok(after)) => {
-            let violations = checker::check(&history);
+            let mut violations = checker::check(&history);
+            if s.check_fresh_reads {
+                violations.extend(checker::check_fresh_reads(&history));
+            }
             if let Some(v) = violations.first() {
                 let all: Vec<String> = violations
                     .iter()
@@ -542,6 +589,7 @@ pub fn run(s: &Scenario) -> Result<Report, Failure> {
                 simulated_ms,
                 converged_after_ms: after,
                 digest: digest(&history),
+                repeated_changes: shared.repeated_changes.load(Ordering::SeqCst),
             })
         }
         Some(Err(why)) => Err(fail(
@@ -554,6 +602,33 @@ pub fn run(s: &Scenario) -> Result<Report, Failure> {
                 .join("\n"),
         )),
         None => Err(fail("the verifier never ran".into(), String::new())),
+    }
+}
+
+/// Crashes member `node` the way a machine crashes: it sends nothing more, and what it had
+/// in flight is lost. Only this keeps a seed's replay exact: turmoil crashes a host by
+/// dropping its runtime, the tasks are dropped in an order set by tokio's task ids, which
+/// come from one counter shared by every runtime in the process, and each connection
+/// dropped would send a FIN that draws its latency from the simulation's generator. The
+/// same seed then replayed differently after (or beside) other simulations in one process.
+fn crash_silently(sim: &mut turmoil::Sim<'_>, node: usize, hosts: &[String], active: &[Planned]) {
+    let me = host(node);
+    let others = || hosts.iter().filter(|h| **h != me);
+    for other in others() {
+        sim.partition_oneway(me.as_str(), other.as_str());
+    }
+    sim.crash(me.as_str());
+    for other in others() {
+        let cut_by_a_fault = active.iter().any(|f| match f.fault {
+            Fault::Partition { a, b } => {
+                (host(a) == me && host(b) == *other) || (host(b) == me && host(a) == *other)
+            }
+            Fault::OneWay { from, to } => host(from) == me && host(to) == *other,
+            _ => false,
+        });
+        if !cut_by_a_fault {
+            sim.repair_oneway(me.as_str(), other.as_str());
+        }
     }
 }
 
@@ -636,6 +711,77 @@ async fn join(shared: &Shared, i: usize) -> bool {
         .lock()
         .event(now_ms(), format!("join {} never accepted", host(i)));
     false
+}
+
+/// Asks the cluster to remove member `i`; whether the claimant accepted it.
+async fn leave(shared: &Shared, i: usize) -> bool {
+    let via = first_active_other(shared, i);
+    let r = admin(
+        &host(via),
+        Method::POST,
+        &format!("/v1/cluster/leave/{}", host(i)),
+        "",
+    )
+    .await;
+    let ok = r.as_ref().is_ok_and(|r| r.status.as_u16() == 202);
+    shared.history.lock().event(
+        now_ms(),
+        format!(
+            "leave {} -> {}",
+            host(i),
+            if ok { "accepted" } else { "refused" }
+        ),
+    );
+    ok
+}
+
+/// An accepted join or leave waits in the claimant's queue until it plans it, and is lost
+/// if the claimant crashes first (docs/api.md); a view the claimant wrote but had not
+/// gossiped yet is lost with its disk. Like the operator, the controller follows every
+/// accepted change to the end and asks again whenever the members have not shown it for a
+/// while: a join until the member is `up`, a leave while it is not `leaving` or `removed`.
+/// `followed` holds each change with when it was last asked or last seen in the view.
+async fn confirm_or_repeat(shared: &Shared, followed: &mut [(AdminCmd, u64)]) {
+    const REPEAT_AFTER_MS: u64 = 3_000;
+    for (cmd, last_ok_ms) in followed.iter_mut() {
+        let (AdminCmd::Join(i) | AdminCmd::Leave(i)) = *cmd;
+        let via = first_active_other(shared, i);
+        let status = admin(&host(via), Method::GET, "/v1/cluster/members", "")
+            .await
+            .ok()
+            .and_then(|r| serde_json::from_slice::<serde_json::Value>(&r.body).ok())
+            .and_then(|m| {
+                m["members"].as_array().and_then(|all| {
+                    all.iter()
+                        .find(|e| e["id"] == host(i).as_str())
+                        .and_then(|e| e["status"].as_str().map(str::to_string))
+                })
+            });
+        // No answer, or a member that lists no one yet (it has just lost its disk): ask
+        // another time.
+        let Some(status) = status else { continue };
+        let shown = match cmd {
+            AdminCmd::Join(_) => status == "up",
+            AdminCmd::Leave(_) => matches!(status.as_str(), "leaving" | "removed"),
+        };
+        if shown {
+            *last_ok_ms = now_ms();
+            continue;
+        }
+        if now_ms() < *last_ok_ms + REPEAT_AFTER_MS {
+            continue;
+        }
+        shared
+            .history
+            .lock()
+            .event(now_ms(), format!("{cmd:?} not in the view: asked again"));
+        shared.repeated_changes.fetch_add(1, Ordering::SeqCst);
+        match *cmd {
+            AdminCmd::Join(i) => join(shared, i).await,
+            AdminCmd::Leave(i) => leave(shared, i).await,
+        };
+        *last_ok_ms = now_ms();
+    }
 }
 
 async fn ring_of(node: usize) -> Option<serde_json::Value> {

@@ -389,6 +389,12 @@ impl Cluster {
 
     /// A metric's value summed over its label sets, from member `i`'s /metrics.
     pub async fn metric(&self, i: usize, name: &str) -> f64 {
+        self.metric_where(i, name, "").await
+    }
+
+    /// A metric's value summed over the label sets whose text contains `label` (such as
+    /// `op="read"`), from member `i`'s /metrics.
+    pub async fn metric_where(&self, i: usize, name: &str, label: &str) -> f64 {
         let Ok(reply) = self.client(i).admin_get("/metrics").await else {
             return f64::NAN;
         };
@@ -397,6 +403,7 @@ impl Cluster {
             .lines()
             .filter(|l| !l.starts_with('#'))
             .filter(|l| l.split(['{', ' ']).next() == Some(name))
+            .filter(|l| l.contains(label))
             .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
             .sum()
     }
