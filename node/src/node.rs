@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{ConfigError, NodeConfig};
 use crate::env::Env;
-use crate::membership::{ClusterView, MemberState, Membership};
+use crate::membership::{ClusterView, MemberState, MemberStatus, Membership};
 use crate::metrics::Metrics;
 use crate::replication::Replicator;
 use crate::ring::MemberId;
@@ -331,11 +331,8 @@ impl Node {
             return Err("not part of a cluster yet".into());
         };
         match view.status_of(&self.config.id) {
-            Some(crate::membership::MemberStatus::Up)
-            | Some(crate::membership::MemberStatus::Leaving) => self.peers_readiness(&view),
-            Some(crate::membership::MemberStatus::Removed) => {
-                Err("removed from the cluster".into())
-            }
+            Some(MemberStatus::Up) | Some(MemberStatus::Leaving) => self.peers_readiness(&view),
+            Some(MemberStatus::Removed) => Err("removed from the cluster".into()),
             None => Err("waiting to be joined to the cluster".into()),
         }
     }
@@ -346,11 +343,18 @@ impl Node {
     /// coordinate (the ring may have moved while it was down). So it is ready once it knows
     /// every other member of the ring and has compared views — or, since peers may really
     /// be down (a whole-cluster restart, pods started one by one), after a grace period.
+    ///
+    /// It also waits until every live peer it has reached has reached it: a restarted pod
+    /// has a new IP, which the peers' name lookups return only seconds later, and a rolling
+    /// update that stopped the next member as soon as this one was ready left the third
+    /// member with no replica it could reach. That wait has a longer bound of its own, for
+    /// a peer that can never reach this member.
     fn peers_readiness(&self, view: &ClusterView) -> Result<(), String> {
         use std::sync::atomic::Ordering;
         if self.peers_known.load(Ordering::Relaxed) {
             return Ok(());
         }
+        let elapsed = self.started.elapsed();
         let unknown: Vec<String> = view
             .active_members()
             .filter(|m| **m != self.config.id && self.membership.peer_addr(m).is_none())
@@ -359,18 +363,37 @@ impl Node {
         let grace = (self.config.gossip_interval * 10)
             .clamp(Duration::from_secs(3), Duration::from_secs(30));
         let caught_up = self.membership.may_coordinate();
-        if (unknown.is_empty() && caught_up) || self.started.elapsed() >= grace {
-            self.peers_known.store(true, Ordering::Relaxed);
-            return Ok(());
+        if !((unknown.is_empty() && caught_up) || elapsed >= grace) {
+            if unknown.is_empty() {
+                return Err("not yet compared cluster views with a peer".into());
+            }
+            return Err(format!(
+                "not yet heard of {} by gossip: {}",
+                unknown.len(),
+                unknown.join(", ")
+            ));
         }
-        if unknown.is_empty() {
-            return Err("not yet compared cluster views with a peer".into());
+        let reach_grace = (self.config.gossip_interval * 30)
+            .clamp(Duration::from_secs(5), Duration::from_secs(60));
+        let unreached_by: Vec<String> = self
+            .membership
+            .reached_but_not_reached_by()
+            .into_iter()
+            .filter(|m| {
+                view.status_of(m)
+                    .is_some_and(|s| s != MemberStatus::Removed)
+            })
+            .map(|m| m.to_string())
+            .collect();
+        if !unreached_by.is_empty() && elapsed < reach_grace {
+            return Err(format!(
+                "not yet reached by {} it reaches: {}",
+                unreached_by.len(),
+                unreached_by.join(", ")
+            ));
         }
-        Err(format!(
-            "not yet heard of {} by gossip: {}",
-            unknown.len(),
-            unknown.join(", ")
-        ))
+        self.peers_known.store(true, Ordering::Relaxed);
+        Ok(())
     }
 }
 

@@ -194,6 +194,15 @@ pub struct Membership {
     writes_in_flight: WritesInFlight,
     /// Whether this process has compared cluster views with a peer since it started.
     caught_up: AtomicBool,
+    /// Which peers this process has reached by gossip, and which have reached it, since it
+    /// started (see [`Membership::reached_but_not_reached_by`]).
+    contacts: Mutex<Contacts>,
+}
+
+#[derive(Default)]
+struct Contacts {
+    reached: BTreeSet<MemberId>,
+    reached_by: BTreeSet<MemberId>,
 }
 
 impl Membership {
@@ -227,6 +236,7 @@ impl Membership {
             handing_over: AtomicBool::new(false),
             writes_in_flight: WritesInFlight::default(),
             caught_up: AtomicBool::new(false),
+            contacts: Mutex::new(Contacts::default()),
         })
     }
 
@@ -250,6 +260,36 @@ impl Membership {
         st.view
             .as_ref()
             .is_some_and(|v| v.active_members().all(|m| *m == self.me))
+    }
+
+    /// Live peers this member has reached by gossip since it started that have not yet
+    /// reached it. A restarted member may have a new address (a new pod IP) that its peers'
+    /// name lookups return only seconds later; it reaches them at once, but until they
+    /// reach it, every request they send it fails, so it is not yet a working replica.
+    pub fn reached_but_not_reached_by(&self) -> Vec<MemberId> {
+        let contacts = self.contacts.lock();
+        let pending: Vec<MemberId> = contacts
+            .reached
+            .difference(&contacts.reached_by)
+            .cloned()
+            .collect();
+        drop(contacts);
+        pending.into_iter().filter(|m| self.is_alive(m)).collect()
+    }
+
+    fn record_reached(&self, peer: MemberId) {
+        if peer != self.me {
+            self.contacts.lock().reached.insert(peer);
+        }
+    }
+
+    fn record_reached_by(&self, peer: &MemberId) {
+        if *peer != self.me {
+            let mut contacts = self.contacts.lock();
+            if !contacts.reached_by.contains(peer) {
+                contacts.reached_by.insert(peer.clone());
+            }
+        }
     }
 
     fn mark_caught_up(&self) {
@@ -556,6 +596,7 @@ impl Membership {
 
     /// Step 2, as the responder.
     pub fn handle_digest(&self, digest: GossipDigest) -> GossipDelta {
+        self.record_reached_by(&digest.from);
         let st = self.state.lock();
         let theirs: BTreeMap<&MemberId, (u64, u64)> = digest
             .entries
@@ -638,7 +679,11 @@ impl Membership {
                 return;
             }
         };
-        let Some(push) = self.apply_delta(delta) else {
+        let push = self.apply_delta(delta);
+        if let Some(id) = self.id_by_addr(addr) {
+            self.record_reached(id);
+        }
+        let Some(push) = push else {
             return;
         };
         if let Ok(bytes) = postcard::to_stdvec(&push) {
@@ -702,6 +747,7 @@ impl Membership {
         };
         let delta = peer.handle_digest(digest);
         bytes.delta = size(&delta);
+        self.record_reached(peer.me.clone());
         if let Some(push) = self.apply_delta(delta) {
             bytes.push = size(&push);
             self.metrics.gossip_bytes.inc_by(bytes.push);
@@ -1291,5 +1337,33 @@ mod tests {
         mb.gossip_with(&ma);
         assert!(ma.not_acknowledged(e2).is_empty());
         assert!(mb.not_acknowledged(e2).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_member_knows_which_peers_it_reached_have_not_yet_reached_it() {
+        let (a, b) = (MemberId::from("a"), MemberId::from("b"));
+        let settings = ClusterSettings {
+            partitions: 16,
+            n: 2,
+            r: 1,
+            w: 1,
+            ..ClusterSettings::default()
+        };
+        let view = ClusterView::bootstrap(&a, 1, settings, 1)
+            .unwrap()
+            .with_changes(&[(b.clone(), 1)], &[], &a, 2)
+            .unwrap();
+        let ma = in_process_member("a", &view);
+        let mb = in_process_member("b", &view);
+        assert!(ma.reached_but_not_reached_by().is_empty());
+
+        // a reaches b (as a restarted member with a new address does at once) ...
+        ma.gossip_with(&mb);
+        assert_eq!(ma.reached_but_not_reached_by(), vec![b.clone()]);
+        assert!(mb.reached_but_not_reached_by().is_empty());
+        // ... and is a working replica for b once b has reached it.
+        mb.gossip_with(&ma);
+        assert!(ma.reached_but_not_reached_by().is_empty());
+        assert!(mb.reached_but_not_reached_by().is_empty());
     }
 }
