@@ -26,13 +26,12 @@ cargo fmt --all -- --check
 stage "lint (clippy, warnings are errors)"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 
-stage "unit, property, real-process, fuzz-regression, soak (40 s) and simulation tests"
+stage "unit, property, real-process (the operator driving real members too), fuzz-regression, soak (40 s) and simulation tests"
 # disk.rs mounts a tmpfs to fill the disk; as root (CI) it must run, not skip.
 if [ "$(id -u)" = 0 ]; then export DYNAMO_REQUIRE_ROOT_TESTS=1; fi
-cargo test --workspace --all-features --no-fail-fast
-
-stage "operator driving real member processes"
-DYNAMO_NODE_BIN="$PWD/target/debug/dynamo" cargo test -p dynamo-operator --test nodes
+# operator/tests/nodes.rs runs the dynamo binary, which this same invocation builds before
+# it runs any test (the node's integration tests need it).
+DYNAMO_NODE_BIN="$PWD/target/debug/dynamo" cargo test --workspace --all-features --no-fail-fast
 
 stage "fuzzing: every target for ${FUZZ_SECONDS:-20} s (nightly toolchain, cargo-fuzz)"
 bash scripts/fuzz.sh
@@ -48,7 +47,8 @@ DYNAMO_BIN="$PWD/target/debug/dynamo" RESULTS="$PWD/target/bench-smoke" bash ben
 stage "operator against a real Kubernetes API server (etcd, kube-apiserver, kube-controller-manager v1.34)"
 # all: also CoreDNS, which the local-cluster e2e below needs (cached in ~/.cache/dynamo-e2e).
 bash e2e/apiserver/build.sh all
-bash e2e/apiserver/operator-test.sh
+# The same packages and features as the test stage, so nothing is compiled again.
+CARGO_PACKAGES="--workspace" CARGO_FLAGS="--all-features" bash e2e/apiserver/operator-test.sh
 
 stage "packaging: images (Docker), 3 node containers, Helm chart checks, chart on a real API server and every dashboard query through Prometheus"
 bash e2e/packaging-test.sh

@@ -7,7 +7,8 @@
 # usage: e2e/apiserver/operator-test.sh
 # Uses a running control plane (same WORKDIR) or starts one and stops it
 # afterwards (OPERATOR_TEST_KEEP=1 keeps it). Environment: WORKDIR (default
-# e2e/.work/apiserver), CARGO_FLAGS (extra flags for cargo test).
+# e2e/.work/apiserver), CARGO_PACKAGES (default -p dynamo-operator; scripts/test.sh passes
+# --workspace to reuse its build), CARGO_FLAGS (extra flags for cargo test).
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 WORKDIR="${WORKDIR:-$REPO_ROOT/e2e/.work/apiserver}"
@@ -72,4 +73,4 @@ chmod 600 "$OPERATOR_KUBECONFIG"
 
 # shellcheck disable=SC2086
 KUBECONFIG="$KUBECONFIG_ADMIN" OPERATOR_KUBECONFIG="$OPERATOR_KUBECONFIG" DYNAMO_E2E_APISERVER=1 \
-  cargo test -p dynamo-operator ${CARGO_FLAGS:-} --test apiserver -- --nocapture --test-threads=1
+  cargo test ${CARGO_PACKAGES:--p dynamo-operator} ${CARGO_FLAGS:-} --test apiserver -- --nocapture --test-threads=1
