@@ -205,6 +205,52 @@ struct Contacts {
     reached_by: BTreeSet<MemberId>,
 }
 
+/// A join or leave queued at a member that was claimant when it accepted it.
+enum QueuedChange {
+    Join { member: MemberId, weight: u32 },
+    Leave { member: MemberId },
+}
+
+impl QueuedChange {
+    fn kind(&self) -> &'static str {
+        match self {
+            QueuedChange::Join { .. } => "join",
+            QueuedChange::Leave { .. } => "leave",
+        }
+    }
+
+    fn member(&self) -> &MemberId {
+        match self {
+            QueuedChange::Join { member, .. } | QueuedChange::Leave { member } => member,
+        }
+    }
+
+    fn request(&self) -> Request {
+        match self {
+            QueuedChange::Join { member, weight } => Request::Join {
+                member: member.clone(),
+                weight: *weight,
+            },
+            QueuedChange::Leave { member } => Request::Leave {
+                member: member.clone(),
+            },
+        }
+    }
+
+    /// Puts the change back in the queue (a change queued since then for the same member
+    /// is kept).
+    fn queue_again(self, st: &mut State) {
+        match self {
+            QueuedChange::Join { member, weight } => {
+                st.joins.entry(member).or_insert(weight);
+            }
+            QueuedChange::Leave { member } => {
+                st.leaves.insert(member);
+            }
+        }
+    }
+}
+
 impl Membership {
     pub fn new(
         config: NodeConfig,
@@ -1058,23 +1104,23 @@ impl Membership {
     /// view yet) stay queued for the next round; those it refuses are dropped, with the
     /// reason in the log.
     async fn hand_over_queued_requests(&self) {
-        let requests: Vec<Request> = {
+        let changes: Vec<QueuedChange> = {
             let mut st = self.state.lock();
             let joins = std::mem::take(&mut st.joins);
             let leaves = std::mem::take(&mut st.leaves);
             joins
                 .into_iter()
-                .map(|(member, weight)| Request::Join { member, weight })
-                .chain(leaves.into_iter().map(|member| Request::Leave { member }))
+                .map(|(member, weight)| QueuedChange::Join { member, weight })
+                .chain(
+                    leaves
+                        .into_iter()
+                        .map(|member| QueuedChange::Leave { member }),
+                )
                 .collect()
         };
-        for request in requests {
-            let (kind, member) = match &request {
-                Request::Join { member, .. } => ("join", member.clone()),
-                Request::Leave { member } => ("leave", member.clone()),
-                _ => continue,
-            };
-            match self.forward_or_queue(request.clone()).await {
+        for change in changes {
+            let (kind, member) = (change.kind(), change.member().clone());
+            match self.forward_or_queue(change.request()).await {
                 Ok(()) => tracing::info!(
                     %member,
                     change = kind,
@@ -1082,16 +1128,7 @@ impl Membership {
                 ),
                 Err(e) if matches!(e.code, ErrorCode::Unavailable | ErrorCode::NotClaimant) => {
                     tracing::debug!(%member, change = kind, error = %e.message, "claimant cannot take a queued membership change yet");
-                    let mut st = self.state.lock();
-                    match request {
-                        Request::Join { member, weight } => {
-                            st.joins.entry(member).or_insert(weight);
-                        }
-                        Request::Leave { member } => {
-                            st.leaves.insert(member);
-                        }
-                        _ => {}
-                    }
+                    change.queue_again(&mut self.state.lock());
                 }
                 Err(e) => tracing::warn!(
                     %member,

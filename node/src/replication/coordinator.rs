@@ -574,8 +574,9 @@ impl Replicator {
     /// The order a read asks replicas in: this member first (no network hop), then the
     /// others in preference order, those the failure detector believes alive first.
     fn read_order(&self, mut targets: Vec<MemberId>) -> Vec<MemberId> {
-        // A stable sort keeps the preference order within each class.
-        targets.sort_by_key(|m| {
+        // A stable sort keeps the preference order within each class. The key asks the
+        // failure detector (under its lock) once per replica, not once per comparison.
+        targets.sort_by_cached_key(|m| {
             if m == &self.me {
                 0
             } else if self.membership.is_alive(m) {
