@@ -1330,8 +1330,8 @@ mod tests {
         test_member(config, dns, Some(view.clone()))
     }
 
-    #[tokio::test]
-    async fn a_ring_is_acknowledged_only_once_writes_begun_under_older_rings_are_done() {
+    /// Members `a` and `b`, the ring of `a` alone, and the ring after `b` joined.
+    fn a_then_a_and_b() -> (MemberId, MemberId, ClusterView, ClusterView) {
         let (a, b) = (MemberId::from("a"), MemberId::from("b"));
         let settings = ClusterSettings {
             partitions: 16,
@@ -1342,6 +1342,12 @@ mod tests {
         };
         let one = ClusterView::bootstrap(&a, 1, settings, 1).unwrap();
         let two = one.with_changes(&[(b.clone(), 1)], &[], &a, 2).unwrap();
+        (a, b, one, two)
+    }
+
+    #[tokio::test]
+    async fn a_ring_is_acknowledged_only_once_writes_begun_under_older_rings_are_done() {
+        let (_, b, one, two) = a_then_a_and_b();
         let (e1, e2) = (one.current().epoch, two.current().epoch);
         assert!(e2 > e1);
         let ma = in_process_member("a", &one);
@@ -1378,18 +1384,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_member_knows_which_peers_it_reached_have_not_yet_reached_it() {
-        let (a, b) = (MemberId::from("a"), MemberId::from("b"));
-        let settings = ClusterSettings {
-            partitions: 16,
-            n: 2,
-            r: 1,
-            w: 1,
-            ..ClusterSettings::default()
-        };
-        let view = ClusterView::bootstrap(&a, 1, settings, 1)
-            .unwrap()
-            .with_changes(&[(b.clone(), 1)], &[], &a, 2)
-            .unwrap();
+        let (_, b, _, view) = a_then_a_and_b();
         let ma = in_process_member("a", &view);
         let mb = in_process_member("b", &view);
         assert!(ma.reached_but_not_reached_by().is_empty());
