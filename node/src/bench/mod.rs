@@ -21,7 +21,7 @@ mod zipf;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
@@ -110,6 +110,20 @@ pub struct OpStats {
     pub mean_us: f64,
 }
 
+/// Operations whose scheduled start fell into one `TIMELINE_WINDOW` of the run: where in
+/// time a tail comes from (one stall, or spread out), to lay beside the servers' logs.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Window {
+    /// The window's start, milliseconds since the Unix epoch.
+    pub start_unix_ms: u64,
+    pub ops: u64,
+    pub errors: u64,
+    /// The slowest successful operation scheduled in the window.
+    pub max_us: u64,
+}
+
+pub const TIMELINE_WINDOW: Duration = Duration::from_millis(10);
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
     pub target: String,
@@ -121,6 +135,9 @@ pub struct Report {
     pub read: OpStats,
     pub update: OpStats,
     pub all: OpStats,
+    /// Written only on request (`dynamo bench --timeline`), not with the report.
+    #[serde(skip)]
+    pub timeline: Vec<Window>,
 }
 
 struct Recorder {
@@ -128,6 +145,53 @@ struct Recorder {
     update: Histogram<u64>,
     read_errors: u64,
     update_errors: u64,
+    timeline: Vec<Window>,
+}
+
+impl Recorder {
+    fn record(&mut self, is_read: bool, ok: bool, micros: u64, window: usize) {
+        let (hist, errors) = if is_read {
+            (&mut self.read, &mut self.read_errors)
+        } else {
+            (&mut self.update, &mut self.update_errors)
+        };
+        if ok {
+            let _ = hist.record(micros.min(60_000_000));
+        } else {
+            *errors += 1;
+        }
+        if let Some(w) = self.timeline.get_mut(window) {
+            w.ops += 1;
+            if ok {
+                w.max_us = w.max_us.max(micros);
+            } else {
+                w.errors += 1;
+            }
+        }
+    }
+}
+
+/// Empty windows covering `duration` from `start_unix_ms` (plus one for the last partial).
+fn timeline(start_unix_ms: u64, duration: Duration) -> Vec<Window> {
+    let windows = duration.as_millis() / TIMELINE_WINDOW.as_millis() + 1;
+    (0..windows as u64)
+        .map(|i| Window {
+            start_unix_ms: start_unix_ms + i * TIMELINE_WINDOW.as_millis() as u64,
+            ..Window::default()
+        })
+        .collect()
+}
+
+/// The timeline as CSV, one line per window.
+pub fn timeline_csv(timeline: &[Window]) -> String {
+    let mut out = String::from("start_unix_ms,ops,errors,max_us\n");
+    for w in timeline {
+        out.push_str(&format!(
+            "{},{},{},{}\n",
+            w.start_unix_ms, w.ops, w.errors, w.max_us
+        ));
+    }
+    out
 }
 
 fn histogram() -> Histogram<u64> {
@@ -217,11 +281,15 @@ pub async fn run(
     config: Config,
     progress: impl Fn(u64) + Send + Sync + 'static,
 ) -> Report {
+    let start_unix_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
     let recorder = Arc::new(Mutex::new(Recorder {
         read: histogram(),
         update: histogram(),
         read_errors: 0,
         update_errors: 0,
+        timeline: timeline(start_unix_ms, config.duration),
     }));
     let done = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -260,21 +328,11 @@ pub async fn run(
                     target.update(&key, value).await
                 };
                 let micros = scheduled.elapsed().as_micros().max(1) as u64;
-                {
-                    let mut guard = recorder.lock();
-                    let r = &mut *guard;
-                    let (hist, errors) = if is_read {
-                        (&mut r.read, &mut r.read_errors)
-                    } else {
-                        (&mut r.update, &mut r.update_errors)
-                    };
-                    match result {
-                        Ok(()) => {
-                            let _ = hist.record(micros.min(60_000_000));
-                        }
-                        Err(_) => *errors += 1,
-                    }
-                }
+                let window = (scheduled.saturating_duration_since(started).as_millis()
+                    / TIMELINE_WINDOW.as_millis()) as usize;
+                recorder
+                    .lock()
+                    .record(is_read, result.is_ok(), micros, window);
                 let n = done.fetch_add(1, Ordering::Relaxed) + 1;
                 progress(n);
             }
@@ -373,6 +431,7 @@ pub async fn run(
         read: stats(&r.read, r.read_errors),
         update: stats(&r.update, r.update_errors),
         all: stats(&all, errors),
+        timeline: r.timeline.clone(),
     }
 }
 
@@ -475,5 +534,49 @@ mod tests {
             report.all.max_us
         );
         assert!(report.all.p99_us >= 480_000, "p99 {} µs", report.all.p99_us);
+    }
+
+    /// Each operation lands in the 10 ms window it was due in, so a queue that builds up
+    /// shows as windows whose slowest operation grows, and the CSV has one line each.
+    #[tokio::test]
+    async fn the_timeline_puts_each_operation_in_the_window_it_was_due() {
+        let store = Arc::new(SlowStore {
+            latency: Duration::from_millis(20),
+            in_progress: AtomicU64::new(0),
+            most_in_progress: AtomicU64::new(0),
+        });
+        let config = Config {
+            workload: Workload::A,
+            distribution: Distribution::Uniform,
+            records: 100,
+            value_size: 16,
+            concurrency: 2,
+            duration: Duration::from_millis(500),
+            max_ops: 1_000,
+            rate: Some(200),
+            seed: 1,
+        };
+        let report = run(store, config, |_| {}).await;
+        let timeline = &report.timeline;
+        assert_eq!(
+            timeline.len(),
+            51,
+            "50 windows of 10 ms and the partial one"
+        );
+        assert_eq!(timeline.iter().map(|w| w.ops).sum::<u64>(), report.ops);
+        assert!(timeline.iter().all(|w| w.ops <= 3), "{timeline:?}");
+        assert!(
+            timeline
+                .windows(2)
+                .all(|w| w[1].start_unix_ms == w[0].start_unix_ms + 10)
+        );
+        // The store serves 100 operations a second of the 200 due: the i-th waits about
+        // 5·i ms, so the last windows' slowest are hundreds of ms slower than the first's.
+        let first = timeline[0].max_us;
+        let last = timeline[48].max_us.max(timeline[49].max_us);
+        assert!(last > first + 200_000, "first {first} µs, last {last} µs");
+        let csv = timeline_csv(timeline);
+        assert_eq!(csv.lines().count(), 52);
+        assert_eq!(csv.lines().next(), Some("start_unix_ms,ops,errors,max_us"));
     }
 }

@@ -40,6 +40,12 @@ pub struct DevArgs {
     /// Seconds to wait for the cluster to settle.
     #[arg(long, default_value_t = 120)]
     pub timeout_s: u64,
+    /// Worker threads of each member [default: the CPUs divided among the members, at
+    /// least one]. The members share this machine; a runtime per member with a thread per
+    /// CPU would put several threads on every CPU, and their wake-ups and work stealing
+    /// cost about a fifth of the throughput on two CPUs (docs/benchmarks.md).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub member_worker_threads: Option<u16>,
     /// Extra flags passed to every member (e.g. "--gossip-interval-ms=200").
     #[arg(long = "node-arg", allow_hyphen_values = true)]
     pub node_args: Vec<String>,
@@ -76,6 +82,7 @@ fn member_command(exe: &Path, args: &DevArgs, i: u16) -> Result<Command> {
                 Durability::Periodic => "periodic",
             }
         ))
+        .arg(format!("--worker-threads={}", member_worker_threads(args)))
         .args(&args.node_args)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -87,6 +94,15 @@ fn member_command(exe: &Path, args: &DevArgs, i: u16) -> Result<Command> {
         cmd.arg(format!("--seeds=127.0.0.1:{}", args.base_port + 100));
     }
     Ok(cmd)
+}
+
+/// Threads per member: the ones asked for, or this machine's CPUs shared among the members.
+fn member_worker_threads(args: &DevArgs) -> u16 {
+    args.member_worker_threads.unwrap_or_else(|| {
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        let per_member = cpus / usize::from(args.nodes.max(1));
+        u16::try_from(per_member.max(1)).unwrap_or(u16::MAX)
+    })
 }
 
 pub async fn run(args: DevArgs) -> Result<i32> {
@@ -276,5 +292,57 @@ async fn stop_all(members: &mut [Member]) {
         {
             let _ = m.child.kill().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::super::{Cli, Command};
+    use super::*;
+
+    fn dev_args(argv: &[&str]) -> DevArgs {
+        let argv = ["dynamo", "dev"].iter().chain(argv);
+        match Cli::try_parse_from(argv).map(|cli| cli.command) {
+            Ok(Command::Dev(args)) => args,
+            other => panic!("not dev arguments: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn members_share_the_cpus_and_get_at_least_one_thread() {
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        let three = member_worker_threads(&dev_args(&["--nodes", "3"]));
+        assert_eq!(usize::from(three), (cpus / 3).max(1));
+        let ninety_nine = member_worker_threads(&dev_args(&["--nodes", "99"]));
+        assert_eq!(usize::from(ninety_nine), (cpus / 99).max(1));
+        let asked = dev_args(&["--nodes", "3", "--member-worker-threads", "4"]);
+        assert_eq!(member_worker_threads(&asked), 4);
+    }
+
+    #[test]
+    fn a_member_is_started_with_its_share_of_threads() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data_dir = dir.path().to_str().expect("utf-8 path");
+        let args = dev_args(&["--member-worker-threads", "2", "--data-dir", data_dir]);
+        let cmd = member_command(Path::new("dynamo"), &args, 1).expect("command");
+        let argv: Vec<_> = cmd.as_std().get_args().collect();
+        assert!(argv.contains(&std::ffi::OsStr::new("--worker-threads=2")));
+    }
+
+    #[test]
+    fn zero_worker_threads_is_refused() {
+        let zero = Cli::try_parse_from(["dynamo", "dev", "--member-worker-threads", "0"]);
+        assert!(zero.is_err());
+        let node =
+            |n: &str| Cli::try_parse_from(["dynamo", "node", "--id", "a", "--worker-threads", n]);
+        assert!(node("0").is_err());
+        assert_eq!(
+            node("3").map(|cli| cli.worker_threads()).ok(),
+            Some(Some(3))
+        );
+        let default = Cli::try_parse_from(["dynamo", "node", "--id", "a"]);
+        assert_eq!(default.map(|cli| cli.worker_threads()).ok(), Some(None));
     }
 }

@@ -45,6 +45,16 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// Worker threads the async runtime should start, when the command names a number.
+    pub fn worker_threads(&self) -> Option<usize> {
+        match &self.command {
+            Command::Node(args) => args.worker_threads.map(usize::from),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run one member of a cluster.
@@ -114,6 +124,10 @@ pub struct BenchArgs {
     /// Also write the report as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Also write latency over time to this CSV file: for every 10 ms of scheduled start
+    /// times, its Unix time in ms, operations, errors and the slowest operation's µs.
+    #[arg(long)]
+    pub timeline: Option<PathBuf>,
     /// Label of the target in the report.
     #[arg(long, default_value = "dynamo-rs")]
     pub label: String,
@@ -168,6 +182,10 @@ pub struct NodeArgs {
     /// Block cache of the storage engine, in MiB.
     #[arg(long, env = "DYNAMO_CACHE_MB", default_value_t = 64)]
     pub cache_mb: u64,
+    /// Threads that serve requests [default: one per CPU the process may use]. Fewer
+    /// than the CPUs when several members share a machine (`dynamo dev` does this).
+    #[arg(long, env = "DYNAMO_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub worker_threads: Option<u16>,
     /// Peer (RPC) addresses of members to contact first; DNS names allowed.
     #[arg(long, env = "DYNAMO_SEEDS", value_delimiter = ',')]
     pub seeds: Vec<String>,
@@ -503,6 +521,10 @@ async fn bench(args: BenchArgs) -> Result<i32> {
     );
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.timeline {
+        std::fs::write(path, crate::bench::timeline_csv(&report.timeline))
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(if report.ops > 0 && report.errors * 100 <= report.ops {
