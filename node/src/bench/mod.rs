@@ -501,11 +501,10 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn fixed_rate_keeps_concurrency_outstanding_and_counts_the_queueing_in_latency() {
-        // 100 operations due over 0.5 s against a store that serves 2 at a time in 20 ms
-        // each, so at most 100 per second: the schedule falls behind, and the i-th
-        // operation cannot finish before 10·i + 20 ms, 5·i + 20 ms after it was due.
+    /// 100 operations due over 0.5 s against a store that serves 2 at a time in 20 ms
+    /// each, so at most 100 per second: the schedule falls behind, and the i-th operation
+    /// cannot finish before 10·i + 20 ms, 5·i + 20 ms after it was due.
+    fn falling_behind() -> (Arc<SlowStore>, Config) {
         let store = Arc::new(SlowStore {
             latency: Duration::from_millis(20),
             in_progress: AtomicU64::new(0),
@@ -522,6 +521,12 @@ mod tests {
             rate: Some(200),
             seed: 1,
         };
+        (store, config)
+    }
+
+    #[tokio::test]
+    async fn fixed_rate_keeps_concurrency_outstanding_and_counts_the_queueing_in_latency() {
+        let (store, config) = falling_behind();
         let report = run(store.clone(), config, |_| {}).await;
         assert_eq!(report.ops, 100);
         assert_eq!(report.errors, 0);
@@ -540,22 +545,7 @@ mod tests {
     /// shows as windows whose slowest operation grows, and the CSV has one line each.
     #[tokio::test]
     async fn the_timeline_puts_each_operation_in_the_window_it_was_due() {
-        let store = Arc::new(SlowStore {
-            latency: Duration::from_millis(20),
-            in_progress: AtomicU64::new(0),
-            most_in_progress: AtomicU64::new(0),
-        });
-        let config = Config {
-            workload: Workload::A,
-            distribution: Distribution::Uniform,
-            records: 100,
-            value_size: 16,
-            concurrency: 2,
-            duration: Duration::from_millis(500),
-            max_ops: 1_000,
-            rate: Some(200),
-            seed: 1,
-        };
+        let (store, config) = falling_behind();
         let report = run(store, config, |_| {}).await;
         let timeline = &report.timeline;
         assert_eq!(
