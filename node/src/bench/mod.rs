@@ -416,7 +416,7 @@ pub async fn run(
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let r = recorder.lock();
+    let mut r = recorder.lock();
     let mut all = r.read.clone();
     let _ = all.add(&r.update);
     let errors = r.read_errors + r.update_errors;
@@ -431,7 +431,7 @@ pub async fn run(
         read: stats(&r.read, r.read_errors),
         update: stats(&r.update, r.update_errors),
         all: stats(&all, errors),
-        timeline: r.timeline.clone(),
+        timeline: std::mem::take(&mut r.timeline),
     }
 }
 

@@ -82,12 +82,19 @@ fn member_command(exe: &Path, args: &DevArgs, i: u16) -> Result<Command> {
                 Durability::Periodic => "periodic",
             }
         ))
-        .arg(format!("--worker-threads={}", member_worker_threads(args)))
         .args(&args.node_args)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
         .kill_on_drop(true);
+    // A count given to every member by --node-arg wins (the flag may be given once).
+    if !args
+        .node_args
+        .iter()
+        .any(|a| a.starts_with("--worker-threads"))
+    {
+        cmd.arg(format!("--worker-threads={}", member_worker_threads(args)));
+    }
     if i == 0 {
         cmd.arg("--bootstrap");
     } else {
@@ -321,14 +328,29 @@ mod tests {
         assert_eq!(member_worker_threads(&asked), 4);
     }
 
+    fn worker_thread_flags(extra: &[&str]) -> Result<Vec<String>> {
+        let dir = tempfile::tempdir()?;
+        let data_dir = dir.path().display().to_string();
+        let mut argv = vec!["--member-worker-threads", "2", "--data-dir", &data_dir];
+        argv.extend_from_slice(extra);
+        let cmd = member_command(Path::new("dynamo"), &dev_args(&argv), 1)?;
+        Ok(cmd
+            .as_std()
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .filter(|a| a.starts_with("--worker-threads"))
+            .collect())
+    }
+
     #[test]
-    fn a_member_is_started_with_its_share_of_threads() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let data_dir = dir.path().to_str().expect("utf-8 path");
-        let args = dev_args(&["--member-worker-threads", "2", "--data-dir", data_dir]);
-        let cmd = member_command(Path::new("dynamo"), &args, 1).expect("command");
-        let argv: Vec<_> = cmd.as_std().get_args().collect();
-        assert!(argv.contains(&std::ffi::OsStr::new("--worker-threads=2")));
+    fn a_member_is_started_with_its_share_of_threads() -> Result<()> {
+        assert_eq!(worker_thread_flags(&[])?, ["--worker-threads=2"]);
+        // Given to every member by --node-arg, the count is passed once, as given.
+        assert_eq!(
+            worker_thread_flags(&["--node-arg=--worker-threads=3"])?,
+            ["--worker-threads=3"]
+        );
+        Ok(())
     }
 
     #[test]
