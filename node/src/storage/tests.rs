@@ -534,3 +534,58 @@ async fn periodic_durability_syncs_every_interval_under_steady_writes() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(engine.syncs.load(Ordering::Relaxed) - before, after_idle);
 }
+
+/// With periodic durability the writer does not wait for the periodic fsync: while one is
+/// held by a slow disk, writes are still applied and answered; once it ends, writes made
+/// meanwhile are covered by the next interval's sync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(
+    clippy::await_holding_lock,
+    reason = "the guard is the slow disk: the periodic sync waits on it on a blocking thread"
+)]
+async fn periodic_sync_does_not_hold_up_writes() {
+    use std::sync::atomic::Ordering;
+    let engine = Arc::new(WatchedFsync {
+        blocking: true,
+        ..WatchedFsync::default()
+    });
+    let config = StoreConfig {
+        durability: Durability::Periodic,
+        sync_interval: Duration::from_millis(50),
+    };
+    let store = Store::open(engine.clone(), config).unwrap();
+    store.init_partitions(64).await.unwrap();
+    let put = |key: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .coordinate(
+                    1,
+                    Bytes::from_static(key.as_bytes()),
+                    write(Some("v"), VersionVector::new()),
+                )
+                .await
+        }
+    };
+    put("first").await.unwrap();
+    let slow_disk = engine.disk.lock();
+    // The interval passes: the periodic sync starts and blocks on the slow disk.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for key in ["during-1", "during-2", "during-3"] {
+        tokio::time::timeout(Duration::from_secs(10), put(key))
+            .await
+            .expect("a write waited for the periodic fsync")
+            .unwrap();
+    }
+    let syncs_held = engine.syncs.load(Ordering::Relaxed);
+    drop(slow_disk);
+    // The held sync ends and the next interval covers the writes made meanwhile.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while engine.syncs.load(Ordering::Relaxed) < syncs_held + 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the writes made during the held sync were never synced");
+    assert!(store.get(1, b"during-3").unwrap().is_some());
+}
