@@ -21,6 +21,9 @@ fn main() {
         }
     };
     let code = runtime.block_on(dynamo::cli::run(cli)).unwrap_or_else(|e| {
+        if dynamo::cli::is_broken_pipe(&e) {
+            return 0;
+        }
         eprintln!("error: {e:#}");
         dynamo::cli::EXIT_ERROR
     });

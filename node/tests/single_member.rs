@@ -367,3 +367,32 @@ async fn a_cluster_smaller_than_n_reports_the_w_it_applied() {
     assert_eq!(w.header("x-dynamo-acks"), Some("1"));
     assert_eq!(w.header("x-dynamo-w"), Some("1"));
 }
+
+/// `dynamo get`/`ring`/… write to a reader that may stop reading (`| head -1`): the command
+/// ends quietly with status 0 instead of panicking on the closed pipe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_verb_whose_reader_went_away_ends_quietly() {
+    let cluster = Cluster::start(1, single()).await;
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader); // every write to the pipe now fails with EPIPE
+    let output = tokio::task::spawn_blocking({
+        let endpoint = cluster.members[0].http();
+        move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_dynamo"))
+                .args(["ring", "--endpoint", &endpoint, "--token", common::TOKEN])
+                .stdout(writer)
+                .stderr(std::process::Stdio::piped())
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "status {:?}, stderr: {stderr}",
+        output.status
+    );
+    assert!(!stderr.contains("panicked"), "stderr: {stderr}");
+}

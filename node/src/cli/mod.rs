@@ -27,6 +27,25 @@ use crate::node::Node;
 use crate::storage::{Durability, FjallEngine};
 use client::{HttpClient, Reply};
 
+/// `println!` that returns the error instead of panicking on it: when the reader closes
+/// the pipe early (`dynamo ring | head -1`), the command ends quietly (see
+/// [`is_broken_pipe`]).
+macro_rules! out {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout(), $($arg)*)
+    };
+}
+
+/// Whether the command failed only because its output's reader went away, which is how a
+/// reader says it has read enough: `main` then exits 0 without a message.
+pub fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 pub const EXIT_ERROR: i32 = 1;
 pub const EXIT_NOT_FOUND: i32 = 3;
 pub const EXIT_UNAVAILABLE: i32 = 4;
@@ -509,8 +528,12 @@ async fn bench(args: BenchArgs) -> Result<i32> {
     })
     .await;
     bar.finish_and_clear();
-    print!("{}", crate::bench::table(std::slice::from_ref(&report)));
-    println!(
+    write!(
+        std::io::stdout(),
+        "{}",
+        crate::bench::table(std::slice::from_ref(&report))
+    )?;
+    out!(
         "reads: {} (p50 {:.3} ms, p99 {:.3} ms)   updates: {} (p50 {:.3} ms, p99 {:.3} ms)",
         report.read.count,
         report.read.p50_us as f64 / 1000.0,
@@ -518,7 +541,7 @@ async fn bench(args: BenchArgs) -> Result<i32> {
         report.update.count,
         report.update.p50_us as f64 / 1000.0,
         report.update.p99_us as f64 / 1000.0
-    );
+    )?;
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)
             .with_context(|| format!("writing {}", path.display()))?;
@@ -752,7 +775,7 @@ async fn get(args: GetArgs) -> Result<i32> {
             Ok(0)
         }
         StatusCode::MULTIPLE_CHOICES => {
-            println!("{}", reply.text());
+            out!("{}", reply.text())?;
             Ok(0)
         }
         _ => Ok(exit_code(&reply)),
@@ -800,9 +823,9 @@ async fn delete(args: DeleteArgs) -> Result<i32> {
 fn report_write(reply: &Reply) -> Result<i32> {
     if reply.status.is_success() {
         let acks = reply.header("x-dynamo-acks").unwrap_or("?");
-        println!("ok (acknowledged by {acks} replicas)");
+        out!("ok (acknowledged by {acks} replicas)")?;
         if let Some(ctx) = reply.header("x-dynamo-context") {
-            println!("context: {ctx}");
+            out!("context: {ctx}")?;
         }
         return Ok(0);
     }
@@ -812,7 +835,7 @@ fn report_write(reply: &Reply) -> Result<i32> {
 async fn admin_show(endpoint: &Endpoint, path: &str) -> Result<i32> {
     let reply = endpoint.client()?.admin_get(path).await?;
     if reply.status.is_success() {
-        println!("{}", reply.text());
+        out!("{}", reply.text())?;
         return Ok(0);
     }
     Ok(exit_code(&reply))
@@ -821,7 +844,7 @@ async fn admin_show(endpoint: &Endpoint, path: &str) -> Result<i32> {
 async fn admin_post(endpoint: &Endpoint, path: &str, body: serde_json::Value) -> Result<i32> {
     let reply = endpoint.client()?.admin_post(path, body).await?;
     if reply.status.is_success() {
-        println!("{}", reply.text());
+        out!("{}", reply.text())?;
         return Ok(0);
     }
     Ok(exit_code(&reply))
@@ -835,7 +858,7 @@ async fn ring(endpoint: &Endpoint) -> Result<i32> {
     let Some(json) = reply.json() else {
         bail!("the member answered with something that is not JSON")
     };
-    println!(
+    out!(
         "epoch {}  (base {}{})  partitions {}  N/R/W {}/{}/{}  conflicts {}",
         json["epoch"],
         json["baseEpoch"],
@@ -849,19 +872,21 @@ async fn ring(endpoint: &Endpoint) -> Result<i32> {
         json["settings"]["r"],
         json["settings"]["w"],
         json["settings"]["conflicts"].as_str().unwrap_or("?"),
-    );
-    println!(
+    )?;
+    out!(
         "balance {}..{} partitions per member, spacing violations {}",
-        json["balance"][0], json["balance"][1], json["spacingViolations"]
-    );
+        json["balance"][0],
+        json["balance"][1],
+        json["spacingViolations"]
+    )?;
     if let Some(members) = json["members"].as_array() {
         for m in members {
-            println!(
+            out!(
                 "  {:<24} weight {:<4} partitions {}",
                 m["id"].as_str().unwrap_or("?"),
                 m["weight"],
                 m["partitions"]
-            );
+            )?;
         }
     }
     Ok(0)
