@@ -315,6 +315,8 @@ struct WatchedFsync {
     inner: MemoryEngine,
     failing: std::sync::atomic::AtomicBool,
     syncs: std::sync::atomic::AtomicUsize,
+    /// `sync` calls begun (before waiting for `disk`).
+    syncs_begun: std::sync::atomic::AtomicUsize,
     blocking: bool,
     disk: parking_lot::Mutex<()>,
 }
@@ -346,6 +348,8 @@ impl Engine for WatchedFsync {
         self.inner.scan(space, start, end, limit)
     }
     fn sync(&self) -> Result<(), StorageError> {
+        self.syncs_begun
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         drop(self.disk.lock());
         self.syncs
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -569,8 +573,15 @@ async fn periodic_sync_does_not_hold_up_writes() {
     };
     put("first").await.unwrap();
     let slow_disk = engine.disk.lock();
+    let begun = engine.syncs_begun.load(Ordering::Relaxed);
     // The interval passes: the periodic sync starts and blocks on the slow disk.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while engine.syncs_begun.load(Ordering::Relaxed) == begun {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("no periodic sync started");
     for key in ["during-1", "during-2", "during-3"] {
         tokio::time::timeout(Duration::from_secs(10), put(key))
             .await
