@@ -133,6 +133,21 @@ const ENGINE_DIR: &str = "engine";
 /// turn every request into a database recovery.
 const REOPEN_RETRY: std::time::Duration = std::time::Duration::from_millis(250);
 
+/// fjall's memtable size, which the data memtables are spread around.
+const MEMTABLE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// The size at which a member's data memtable is flushed, drawn once when the member's
+/// engine is created (fjall keeps it from then on): between half and one and a half times
+/// fjall's default. While a memtable is flushed the member's commits and reads wait for a
+/// while: fjall fsyncs its journal under the journal lock before it flushes, and installs
+/// the new table under the tree's version lock, fsyncing the version file. With as many
+/// members as replicas every member receives the same writes, so with one size for all,
+/// every member flushed within 0.1 s of the others and every replica of every key stalled
+/// at once. Staggered, one member flushes at a time and the others make the quorum.
+fn staggered_memtable_bytes() -> u64 {
+    rand::random_range(MEMTABLE_BYTES / 2..MEMTABLE_BYTES * 3 / 2)
+}
+
 struct FjallInner {
     db: fjall::Database,
     spaces: Vec<fjall::Keyspace>,
@@ -151,8 +166,14 @@ impl FjallInner {
         let mut spaces = Vec::new();
         for s in Space::ALL {
             spaces.push(
-                db.keyspace(s.name(), fjall::KeyspaceCreateOptions::default)
-                    .map_err(engine_err)?,
+                db.keyspace(s.name(), || {
+                    let options = fjall::KeyspaceCreateOptions::default();
+                    match s {
+                        Space::Data => options.max_memtable_size(staggered_memtable_bytes()),
+                        Space::Hints | Space::Meta => options,
+                    }
+                })
+                .map_err(engine_err)?,
             );
         }
         Ok(FjallInner { db, spaces })
@@ -465,6 +486,20 @@ mod tests {
             value: Some(value.to_vec()),
         };
         engine.write(&[op], sync).unwrap();
+    }
+
+    /// Members flush at different points of the same stream of writes.
+    #[test]
+    fn members_draw_memtable_sizes_spread_around_fjalls() {
+        let sizes: Vec<u64> = (0..200).map(|_| staggered_memtable_bytes()).collect();
+        assert!(
+            sizes
+                .iter()
+                .all(|s| (MEMTABLE_BYTES / 2..MEMTABLE_BYTES * 3 / 2).contains(s))
+        );
+        let (low, high) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
+        // 200 uniform draws all within a quarter of the range: about 4^-199.
+        assert!(high - low > MEMTABLE_BYTES / 4, "{low}..{high}");
     }
 
     fn journal_holding(engine: &FjallEngine, marker: &[u8]) -> Option<u64> {
