@@ -67,7 +67,8 @@ impl Target for CassandraTarget {
         self.label.clone()
     }
 
-    fn read<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), TargetError>> {
+    // One lane: the driver routes each statement to a replica of its key itself.
+    fn read<'a>(&'a self, _lane: usize, key: &'a str) -> BoxFuture<'a, Result<(), TargetError>> {
         Box::pin(async move {
             let result = self
                 .session
@@ -86,7 +87,12 @@ impl Target for CassandraTarget {
         })
     }
 
-    fn update<'a>(&'a self, key: &'a str, value: Bytes) -> BoxFuture<'a, Result<(), TargetError>> {
+    fn update<'a>(
+        &'a self,
+        _lane: usize,
+        key: &'a str,
+        value: Bytes,
+    ) -> BoxFuture<'a, Result<(), TargetError>> {
         Box::pin(async move {
             self.session
                 .execute_unpaged(&self.insert, (key, value.as_ref()))

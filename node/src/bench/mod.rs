@@ -253,7 +253,11 @@ pub async fn load(
                 let mut attempts = 0;
                 loop {
                     match target
-                        .update(&key_name(i), value_for(&mut rng, value_size))
+                        .update(
+                            i as usize % target.lanes().max(1),
+                            &key_name(i),
+                            value_for(&mut rng, value_size),
+                        )
                         .await
                     {
                         Ok(()) => break,
@@ -297,6 +301,7 @@ pub async fn run(
     let progress = Arc::new(progress);
     let started = Instant::now();
     let deadline = started + config.duration;
+    let lanes = target.lanes().max(1);
 
     let one = {
         let (target, recorder, chooser, done, progress) = (
@@ -307,7 +312,7 @@ pub async fn run(
             progress.clone(),
         );
         let cfg = config.clone();
-        move |rng: &mut ChaCha8Rng, scheduled: Instant| {
+        move |rng: &mut ChaCha8Rng, scheduled: Instant, lane: usize| {
             let is_read = rng.random_bool(cfg.workload.read_fraction());
             let key = key_name(chooser.next(rng));
             let value = if is_read {
@@ -323,9 +328,9 @@ pub async fn run(
             );
             async move {
                 let result = if is_read {
-                    target.read(&key).await
+                    target.read(lane, &key).await
                 } else {
-                    target.update(&key, value).await
+                    target.update(lane, &key, value).await
                 };
                 let micros = scheduled.elapsed().as_micros().max(1) as u64;
                 let window = (scheduled.saturating_duration_since(started).as_millis()
@@ -341,10 +346,11 @@ pub async fn run(
 
     match config.rate {
         None => {
+            let next_lane = Arc::new(AtomicU64::new(0));
             let mut workers = Vec::new();
             for w in 0..config.concurrency.max(1) {
                 let one = one.clone();
-                let (done, stop) = (done.clone(), stop.clone());
+                let (done, stop, next_lane) = (done.clone(), stop.clone(), next_lane.clone());
                 let (seed, max_ops) = (config.seed, config.max_ops);
                 workers.push(tokio::spawn(async move {
                     let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_add(w as u64 * 7919));
@@ -352,7 +358,9 @@ pub async fn run(
                         && done.load(Ordering::Relaxed) < max_ops
                         && !stop.load(Ordering::Relaxed)
                     {
-                        one(&mut rng, Instant::now()).await;
+                        let lane =
+                            (next_lane.fetch_add(1, Ordering::Relaxed) % lanes as u64) as usize;
+                        one(&mut rng, Instant::now(), lane).await;
                     }
                 }));
             }
@@ -362,11 +370,18 @@ pub async fn run(
         }
         Some(rate) => {
             // Like wrk2: at most `concurrency` ops are outstanding, so the client holds a
-            // fixed set of connections as a pooled application would. An op whose
-            // scheduled time comes while all are busy waits here, and that wait is part of
-            // its latency. (Starting every op on time with its own connection turned one
-            // stall of the server into a burst of hundreds of connects.)
-            let limit = Arc::new(tokio::sync::Semaphore::new(config.concurrency.max(1)));
+            // fixed set of connections as a pooled application would, and an op whose
+            // scheduled time comes while all of its lane's are busy waits for one, the
+            // wait counting in its latency. (Starting every op on time with its own
+            // connection turned one stall of the server into a burst of hundreds of
+            // connects.) The bound is per lane, a pool per member: with one shared pool,
+            // the ops due at a member that stalled for 40 ms took every slot, and ops for
+            // the healthy members waited behind them, so one member's stall showed as the
+            // whole cluster's.
+            let per_lane = config.concurrency.max(1).div_ceil(lanes);
+            let limits: Vec<Arc<tokio::sync::Semaphore>> = (0..lanes)
+                .map(|_| Arc::new(tokio::sync::Semaphore::new(per_lane)))
+                .collect();
             let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
             // The schedule is paced by a thread of its own: tokio's timers tick in whole
             // milliseconds and fire up to a tick late, and as latency counts from the
@@ -385,7 +400,7 @@ pub async fn run(
                     if scheduled > now {
                         std::thread::sleep(scheduled - now);
                     }
-                    // Blocks while the ops before are waiting for a slot; their times are
+                    // Blocks only if the dispatcher below falls behind; the times are
                     // fixed by `i`, so the schedule does not drift.
                     if due_tx.blocking_send(scheduled).is_err() {
                         break;
@@ -395,14 +410,19 @@ pub async fn run(
             });
             let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
             let mut handles = Vec::new();
+            let mut i: usize = 0;
             while let Some(scheduled) = due_rx.recv().await {
-                let Ok(permit) = limit.clone().acquire_owned().await else {
-                    break;
-                };
-                let fut = one(&mut rng, scheduled);
+                let lane = i % lanes;
+                i += 1;
+                let limit = limits[lane].clone();
+                let fut = one(&mut rng, scheduled, lane);
+                // Waits in its own task, so a busy lane never holds up the others' ops;
+                // the semaphore is fair, so a lane's ops go in the order they were due.
                 handles.push(tokio::spawn(async move {
+                    let Ok(_permit) = limit.acquire_owned().await else {
+                        return;
+                    };
                     fut.await;
-                    drop(permit);
                 }));
                 if handles.len() > 4096 {
                     handles.retain(|h| !h.is_finished());
@@ -489,11 +509,16 @@ mod tests {
         fn name(&self) -> String {
             "slow".into()
         }
-        fn read<'a>(&'a self, _key: &'a str) -> BoxFuture<'a, Result<(), TargetError>> {
+        fn read<'a>(
+            &'a self,
+            _lane: usize,
+            _key: &'a str,
+        ) -> BoxFuture<'a, Result<(), TargetError>> {
             self.op()
         }
         fn update<'a>(
             &'a self,
+            _lane: usize,
             _key: &'a str,
             _value: Bytes,
         ) -> BoxFuture<'a, Result<(), TargetError>> {
@@ -539,6 +564,91 @@ mod tests {
             report.all.max_us
         );
         assert!(report.all.p99_us >= 480_000, "p99 {} µs", report.all.p99_us);
+    }
+
+    /// Two lanes (members): lane 0's operations hang until lane 1 has served 20, as if
+    /// its member had stalled. Lane 1 must keep being served meanwhile.
+    struct OneLaneStalls {
+        lane_one_served: AtomicU64,
+        released_by_lane_one: AtomicBool,
+        open: tokio::sync::watch::Sender<bool>,
+        in_progress: [AtomicU64; 2],
+        most_in_progress: [AtomicU64; 2],
+    }
+
+    impl OneLaneStalls {
+        fn op(&self, lane: usize) -> BoxFuture<'_, Result<(), TargetError>> {
+            Box::pin(async move {
+                let now = self.in_progress[lane].fetch_add(1, Ordering::SeqCst) + 1;
+                self.most_in_progress[lane].fetch_max(now, Ordering::SeqCst);
+                if lane == 0 {
+                    let mut open = self.open.subscribe();
+                    // The fallback only keeps a broken generator from hanging the test.
+                    if tokio::time::timeout(Duration::from_secs(10), open.wait_for(|o| *o))
+                        .await
+                        .is_err()
+                    {
+                        self.open.send_replace(true);
+                    }
+                } else if self.lane_one_served.fetch_add(1, Ordering::SeqCst) + 1 == 20 {
+                    self.released_by_lane_one.store(true, Ordering::SeqCst);
+                    self.open.send_replace(true);
+                }
+                self.in_progress[lane].fetch_sub(1, Ordering::SeqCst);
+                Ok(())
+            })
+        }
+    }
+
+    impl Target for OneLaneStalls {
+        fn name(&self) -> String {
+            "one lane stalls".into()
+        }
+        fn lanes(&self) -> usize {
+            2
+        }
+        fn read<'a>(
+            &'a self,
+            lane: usize,
+            _key: &'a str,
+        ) -> BoxFuture<'a, Result<(), TargetError>> {
+            self.op(lane)
+        }
+        fn update<'a>(
+            &'a self,
+            lane: usize,
+            _key: &'a str,
+            _value: Bytes,
+        ) -> BoxFuture<'a, Result<(), TargetError>> {
+            self.op(lane)
+        }
+    }
+
+    #[tokio::test]
+    async fn fixed_rate_bounds_each_lane_apart_so_a_stalled_member_does_not_hold_the_others() {
+        let store = Arc::new(OneLaneStalls {
+            lane_one_served: AtomicU64::new(0),
+            released_by_lane_one: AtomicBool::new(false),
+            open: tokio::sync::watch::channel(false).0,
+            in_progress: [AtomicU64::new(0), AtomicU64::new(0)],
+            most_in_progress: [AtomicU64::new(0), AtomicU64::new(0)],
+        });
+        let config = Config {
+            concurrency: 4,
+            ..falling_behind().1
+        };
+        let report = run(store.clone(), config, |_| {}).await;
+        assert_eq!(report.ops, 100);
+        assert_eq!(report.errors, 0);
+        // With one pool of 4 shared by both lanes, lane 0's hanging operations took every
+        // slot after its first four were due, and lane 1 was never served again.
+        assert!(
+            store.released_by_lane_one.load(Ordering::SeqCst),
+            "lane 1 was held up by lane 0 (served {})",
+            store.lane_one_served.load(Ordering::SeqCst)
+        );
+        assert_eq!(store.most_in_progress[0].load(Ordering::SeqCst), 2);
+        assert!(store.most_in_progress[1].load(Ordering::SeqCst) <= 2);
     }
 
     /// Each operation lands in the 10 ms window it was due in, so a queue that builds up

@@ -3,7 +3,6 @@
 //! upper limit for reads). Cassandra is in `cassandra.rs` (behind the `cassandra` feature).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -16,10 +15,9 @@ use super::target::{Target, TargetError};
 use crate::cli::client::HttpClient;
 use crate::rpc::transport::BoxFuture;
 
-/// Round-robin over one HTTP client per endpoint.
+/// One HTTP client per endpoint, one lane each.
 struct Endpoints {
     clients: Vec<HttpClient>,
-    next: AtomicUsize,
 }
 
 impl Endpoints {
@@ -32,13 +30,11 @@ impl Endpoints {
                 .iter()
                 .map(|e| HttpClient::new(e, None, Duration::from_secs(10)))
                 .collect(),
-            next: AtomicUsize::new(0),
         })
     }
 
-    fn client(&self) -> &HttpClient {
-        let i = self.next.fetch_add(1, Ordering::Relaxed);
-        &self.clients[i % self.clients.len()]
+    fn client(&self, lane: usize) -> &HttpClient {
+        &self.clients[lane % self.clients.len()]
     }
 }
 
@@ -109,10 +105,10 @@ impl EtcdTarget {
         }))
     }
 
-    async fn post(&self, path: &str, body: Bytes) -> Result<Bytes, TargetError> {
+    async fn post(&self, lane: usize, path: &str, body: Bytes) -> Result<Bytes, TargetError> {
         let r = self
             .endpoints
-            .client()
+            .client(lane)
             .request(
                 Method::POST,
                 path,
@@ -136,16 +132,29 @@ impl Target for EtcdTarget {
         self.label.clone()
     }
 
-    fn read<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), TargetError>> {
+    fn lanes(&self) -> usize {
+        self.endpoints.clients.len()
+    }
+
+    fn read<'a>(&'a self, lane: usize, key: &'a str) -> BoxFuture<'a, Result<(), TargetError>> {
         Box::pin(async move {
-            let body = self.post("/v3/kv/range", etcd_range_body(key)).await?;
+            let body = self
+                .post(lane, "/v3/kv/range", etcd_range_body(key))
+                .await?;
             etcd_range_value(&body, key).map(|_| ())
         })
     }
 
-    fn update<'a>(&'a self, key: &'a str, value: Bytes) -> BoxFuture<'a, Result<(), TargetError>> {
+    fn update<'a>(
+        &'a self,
+        lane: usize,
+        key: &'a str,
+        value: Bytes,
+    ) -> BoxFuture<'a, Result<(), TargetError>> {
         Box::pin(async move {
-            let body = self.post("/v3/kv/put", etcd_put_body(key, &value)).await?;
+            let body = self
+                .post(lane, "/v3/kv/put", etcd_put_body(key, &value))
+                .await?;
             // A successful put answers with at least the response header (its revision).
             let v: serde_json::Value = serde_json::from_slice(&body)
                 .map_err(|e| TargetError::Other(format!("etcd put response: {e}")))?;
@@ -187,11 +196,15 @@ impl Target for NginxTarget {
         self.label.clone()
     }
 
-    fn read<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), TargetError>> {
+    fn lanes(&self) -> usize {
+        self.endpoints.clients.len()
+    }
+
+    fn read<'a>(&'a self, lane: usize, key: &'a str) -> BoxFuture<'a, Result<(), TargetError>> {
         Box::pin(async move {
             let r = self
                 .endpoints
-                .client()
+                .client(lane)
                 .request(Method::GET, &nginx_path(key), &[], Bytes::new())
                 .await
                 .map_err(|e| TargetError::Other(e.to_string()))?;
@@ -207,6 +220,7 @@ impl Target for NginxTarget {
 
     fn update<'a>(
         &'a self,
+        _lane: usize,
         _key: &'a str,
         _value: Bytes,
     ) -> BoxFuture<'a, Result<(), TargetError>> {

@@ -1,7 +1,6 @@
 //! What the load generator drives: a store behind two operations.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,17 +21,28 @@ pub enum TargetError {
 
 pub trait Target: Send + Sync + 'static {
     fn name(&self) -> String;
-    fn read<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), TargetError>>;
+    /// How many routes requests can take: one per endpoint when the target spreads them
+    /// over several, one when its driver routes them itself. The generator gives each
+    /// request a lane, round-robin, and at a fixed rate bounds each lane's outstanding
+    /// requests apart, as an application keeps a connection pool per member.
+    fn lanes(&self) -> usize {
+        1
+    }
+    fn read<'a>(&'a self, lane: usize, key: &'a str) -> BoxFuture<'a, Result<(), TargetError>>;
     /// Writes `value` as the key's new value.
-    fn update<'a>(&'a self, key: &'a str, value: Bytes) -> BoxFuture<'a, Result<(), TargetError>>;
+    fn update<'a>(
+        &'a self,
+        lane: usize,
+        key: &'a str,
+        value: Bytes,
+    ) -> BoxFuture<'a, Result<(), TargetError>>;
 }
 
-/// dynamo-rs over its HTTP API, spreading requests over the members round-robin. Like a
+/// dynamo-rs over its HTTP API, one lane per member given. Like a
 /// real client it remembers the last context it saw per key and writes with it, so
 /// updates replace what the client read instead of piling up siblings.
 pub struct DynamoTarget {
     clients: Vec<HttpClient>,
-    next: AtomicUsize,
     contexts: Vec<Mutex<FnvHashMap<String, String>>>,
     label: String,
 }
@@ -40,23 +50,28 @@ pub struct DynamoTarget {
 const SHARDS: usize = 64;
 
 impl DynamoTarget {
-    pub fn new(endpoints: &[String], label: &str, token: Option<String>) -> Arc<DynamoTarget> {
-        Arc::new(DynamoTarget {
+    pub fn new(
+        endpoints: &[String],
+        label: &str,
+        token: Option<String>,
+    ) -> Result<Arc<DynamoTarget>, TargetError> {
+        if endpoints.is_empty() {
+            return Err(TargetError::Other("no endpoints".into()));
+        }
+        Ok(Arc::new(DynamoTarget {
             clients: endpoints
                 .iter()
                 .map(|e| HttpClient::new(e, token.clone(), Duration::from_secs(10)))
                 .collect(),
-            next: AtomicUsize::new(0),
             contexts: (0..SHARDS)
                 .map(|_| Mutex::new(FnvHashMap::default()))
                 .collect(),
             label: label.to_string(),
-        })
+        }))
     }
 
-    fn client(&self) -> &HttpClient {
-        let i = self.next.fetch_add(1, Ordering::Relaxed);
-        &self.clients[i % self.clients.len()]
+    fn client(&self, lane: usize) -> &HttpClient {
+        &self.clients[lane % self.clients.len()]
     }
 
     fn shard(&self, key: &str) -> &Mutex<FnvHashMap<String, String>> {
@@ -77,10 +92,14 @@ impl Target for DynamoTarget {
         self.label.clone()
     }
 
-    fn read<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), TargetError>> {
+    fn lanes(&self) -> usize {
+        self.clients.len()
+    }
+
+    fn read<'a>(&'a self, lane: usize, key: &'a str) -> BoxFuture<'a, Result<(), TargetError>> {
         Box::pin(async move {
             let r = self
-                .client()
+                .client(lane)
                 .get(key, "")
                 .await
                 .map_err(|e| TargetError::Other(e.to_string()))?;
@@ -97,11 +116,16 @@ impl Target for DynamoTarget {
         })
     }
 
-    fn update<'a>(&'a self, key: &'a str, value: Bytes) -> BoxFuture<'a, Result<(), TargetError>> {
+    fn update<'a>(
+        &'a self,
+        lane: usize,
+        key: &'a str,
+        value: Bytes,
+    ) -> BoxFuture<'a, Result<(), TargetError>> {
         Box::pin(async move {
             let context = self.shard(key).lock().get(key).cloned();
             let r = self
-                .client()
+                .client(lane)
                 .put(key, value, context.as_deref(), "")
                 .await
                 .map_err(|e| TargetError::Other(e.to_string()))?;

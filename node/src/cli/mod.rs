@@ -461,7 +461,7 @@ async fn bench(args: BenchArgs) -> Result<i32> {
     use indicatif::{ProgressBar, ProgressStyle};
     let target: Arc<dyn Target> = match args.target {
         TargetKind::Dynamo => {
-            crate::bench::DynamoTarget::new(&args.endpoints, &args.label, args.token.clone())
+            crate::bench::DynamoTarget::new(&args.endpoints, &args.label, args.token.clone())?
         }
         TargetKind::Etcd => crate::bench::EtcdTarget::new(&args.endpoints, &args.label)?,
         TargetKind::Nginx => {
