@@ -23,6 +23,15 @@ fn single(extra: &[&str]) -> Options {
     }
 }
 
+/// Opens a connection and sends a PUT whose body never completes.
+async fn send_slow_body(http: &str) -> TcpStream {
+    let mut conn = TcpStream::connect(http).await.unwrap();
+    conn.write_all(b"PUT /v1/kv/slow HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
+        .await
+        .unwrap();
+    conn
+}
+
 /// Reads until the member closes the connection (bounded); returns what it sent.
 async fn read_until_closed(conn: &mut TcpStream, within: Duration) -> Option<Vec<u8>> {
     let mut out = Vec::new();
@@ -95,31 +104,50 @@ async fn slow_and_excess_clients_are_cut_off() {
     cluster.wait_healthy_all().await;
     let http = cluster.members[0].http();
 
-    // A body that never arrives holds the only request slot...
-    let mut slow_body = TcpStream::connect(&http).await.unwrap();
-    slow_body
-        .write_all(b"PUT /v1/kv/slow HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
-        .await
-        .unwrap();
-    // ...so another request is shed with 503 overloaded and Retry-After (polled: the
-    // member takes the slot when it has read the slow request's headers).
+    // A body that never arrives holds the only request slot, so another request is shed
+    // with 503 overloaded and Retry-After. Polled: the member takes the slot when it has read
+    // the slow request's headers and gives it back at the request deadline (3 s here); a
+    // poll that reaches the member first takes the slot and the slow request is the one
+    // shed. Either way a fresh slow body is sent. Every poll is kept so a failure shows what
+    // the member answered and when.
     let app = cluster.app_client(0);
-    let shed = std::sync::Mutex::new(None);
-    cluster
-        .wait_for(
-            "a request shed as overloaded",
-            Duration::from_secs(10),
-            || async {
-                let reply = app.get("any", "").await.unwrap();
-                let overloaded = reply.status.as_u16() == 503;
-                if overloaded {
-                    *shed.lock().unwrap() = Some(reply);
-                }
-                overloaded
-            },
-        )
-        .await;
-    let shed = shed.into_inner().unwrap().unwrap();
+    let started = Instant::now();
+    let mut slow_body = send_slow_body(&http).await;
+    let mut slow_body_sent = Instant::now();
+    let mut polls = Vec::new();
+    let shed = loop {
+        let asked = Instant::now();
+        let reply = app.get("any", "").await.unwrap();
+        polls.push(format!(
+            "at {:?}: {} after {:?}",
+            asked - started,
+            reply.status.as_u16(),
+            asked.elapsed()
+        ));
+        if reply.status.as_u16() == 503 {
+            break reply;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            cluster.dump_logs();
+            panic!("no request was shed while a slow body held the only slot; polls: {polls:#?}");
+        }
+        // The slow body lost the race for the slot (the poll took it first and the slow
+        // request was the one shed), or the member already gave up on it.
+        let mut peeked = [0u8; 1];
+        let answered = tokio::time::timeout(Duration::from_millis(5), slow_body.peek(&mut peeked))
+            .await
+            .is_ok();
+        if answered || slow_body_sent.elapsed() > Duration::from_millis(2500) {
+            polls.push(format!(
+                "at {:?}: a fresh slow body (the last one answered: {answered})",
+                started.elapsed()
+            ));
+            slow_body = send_slow_body(&http).await;
+            slow_body_sent = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!("shed after {} polls", polls.len());
     assert_eq!(shed.json().unwrap()["code"], "overloaded");
     assert_eq!(shed.headers.get("retry-after").unwrap(), "1");
     // The slow body is given up on with 408 after the request deadline (3 s here).
