@@ -9,7 +9,9 @@
 # RECORDS (default 20000) values of VALUE_SIZE (1024) bytes, then WORKLOAD (a) closed loop
 # with CONCURRENCY (32) requests for DURATION_S (15) seconds, then, when RATE is set, the
 # same workload open loop at RATE ops/s for DURATION_S (latency from each request's
-# scheduled start). DURABILITY (fsync) and ROUNDS (2 ABBA pairs = 4 runs) as named.
+# scheduled start), reporting also the members' CPU time per operation at that rate (which,
+# unlike latency, CPU stolen by the hypervisor does not inflate) and the share of CPU
+# stolen during it. DURABILITY (fsync) and ROUNDS (2 ABBA pairs = 4 runs) as named.
 # The client is the binary BEFORE_BIN in every run, so only the servers differ.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,6 +36,18 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# member_ticks PID...: user + system CPU ticks of the processes, summed.
+member_ticks() {
+  local t=0 p f
+  for p in "$@"; do
+    f="$(cut -d' ' -f14,15 "/proc/$p/stat" 2>/dev/null)" || continue
+    t=$((t + ${f% *} + ${f#* }))
+  done
+  echo "$t"
+}
+# cpu_steal: "stolen:total" jiffies of all CPUs since boot (/proc/stat).
+cpu_steal() { awk '/^cpu /{ print $9 ":" ($2+$3+$4+$5+$6+$7+$8+$9) }' /proc/stat; }
+
 # one LABEL BIN: a fresh cluster of BIN, loaded and driven; appends "LABEL ops p50 p99
 # [rate_p50 rate_p99]" to $work/results.
 one() {
@@ -54,17 +68,26 @@ one() {
   local line
   line="$(jq -r '"\(.throughput_ops_s) \(.all.p50_us/1000) \(.all.p99_us/1000) \(.errors)"' "$dir/closed.json")"
   if [ -n "$rate" ]; then
+    local members t0 t1 s0 s1
+    members="$(pgrep -P "$dev" | tr '\n' ' ')"
+    t0="$(member_ticks $members)"; s0="$(cpu_steal)"
     "$before" bench --endpoints "$eps" --workload "$workload" --records "$records" --no-load \
       --value-size "$value_size" --concurrency "$concurrency" --duration-s "$duration" \
       --rate "$rate" --json "$dir/rate.json" >"$dir/rate.txt" 2>&1 || true
-    line="$line $(jq -r '"\(.throughput_ops_s) \(.all.p50_us/1000) \(.all.p99_us/1000) \(.errors)"' "$dir/rate.json")"
+    t1="$(member_ticks $members)"; s1="$(cpu_steal)"
+    line="$line $(jq -r '"\(.throughput_ops_s) \(.all.p50_us/1000) \(.all.p99_us/1000) \(.errors) \(.ops)"' "$dir/rate.json")"
+    # The members' CPU time per operation: unlike latency, stolen CPU does not inflate it.
+    line="$(echo "$line $t0 $t1 $s0 $s1" | awk -v hz="$(getconf CLK_TCK)" '{
+      cpu = ($11 - $10) * 1e6 / hz / ($9 > 0 ? $9 : 1); split($12, a, ":"); split($13, b, ":")
+      steal = (b[2] > a[2]) ? 100 * (b[1] - a[1]) / (b[2] - a[2]) : 0
+      printf "%s %s %s %s %s %s %s %s %.0f %.1f", $1, $2, $3, $4, $5, $6, $7, $8, cpu, steal }')"
   fi
   kill -TERM "$dev" 2>/dev/null || true
   wait "$dev" 2>/dev/null || true
   dev=""
   echo "$label $line" >>"$work/results"
   echo "$label $line" | awk '{printf "  %-6s closed %7.0f ops/s  p50 %6.2f ms  p99 %7.2f ms  errors %d", $1, $2, $3, $4, $5;
-    if (NF > 5) printf "  |  at %s: %7.0f ops/s  p50 %6.2f ms  p99 %7.2f ms  errors %d", "'"$rate"'", $6, $7, $8, $9;
+    if (NF > 5) printf "  |  at %s: %7.0f ops/s  p50 %6.2f ms  p99 %7.2f ms  errors %d  members %d µs CPU/op  steal %.1f%%", "'"$rate"'", $6, $7, $8, $9, $10, $11;
     printf "\n"}'
 }
 
@@ -81,11 +104,11 @@ for r in $(seq 1 "$rounds"); do
 done
 awk '
   { n[$1]++; ops[$1] += $2; p50[$1] += $3; p99[$1] += $4
-    if (NF > 5) { rops[$1] += $6; rp50[$1] += $7; rp99[$1] += $8 } }
+    if (NF > 5) { rops[$1] += $6; rp50[$1] += $7; rp99[$1] += $8; cpu[$1] += $10 } }
   END {
-    for (k in n) { ops[k] /= n[k]; p50[k] /= n[k]; p99[k] /= n[k]; rops[k] /= n[k]; rp50[k] /= n[k]; rp99[k] /= n[k] }
+    for (k in n) { ops[k] /= n[k]; p50[k] /= n[k]; p99[k] /= n[k]; rops[k] /= n[k]; rp50[k] /= n[k]; rp99[k] /= n[k]; cpu[k] /= n[k] }
     printf "mean closed loop: before %.0f ops/s (p50 %.2f, p99 %.2f ms), after %.0f ops/s (p50 %.2f, p99 %.2f ms)\n", ops["before"], p50["before"], p99["before"], ops["after"], p50["after"], p99["after"]
     printf "after/before: throughput %.3f, p50 %.3f, p99 %.3f\n", ops["after"] / ops["before"], p50["after"] / p50["before"], p99["after"] / p99["before"]
     if (rops["before"] > 0)
-      printf "fixed rate: before p50 %.2f p99 %.2f ms, after p50 %.2f p99 %.2f ms; after/before p99 %.3f\n", rp50["before"], rp99["before"], rp50["after"], rp99["after"], rp99["after"] / rp99["before"]
+      printf "fixed rate: before p50 %.2f p99 %.2f ms %.0f µs CPU/op, after p50 %.2f p99 %.2f ms %.0f µs CPU/op; after/before p99 %.3f, CPU/op %.3f\n", rp50["before"], rp99["before"], cpu["before"], rp50["after"], rp99["after"], cpu["after"], rp99["after"] / rp99["before"], (cpu["before"] > 0 ? cpu["after"] / cpu["before"] : 0)
   }' "$work/results"

@@ -126,7 +126,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1024)]
     pub value_size: usize,
     /// Concurrent requests (closed loop), or the bound on outstanding requests (fixed
-    /// rate; a request due while all are busy waits, and the wait counts in its latency).
+    /// rate: split evenly among the endpoints, a pool per member; a request due while its
+    /// endpoint's are all busy waits, and the wait counts in its latency).
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
     #[arg(long, default_value_t = 10)]
