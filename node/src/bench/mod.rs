@@ -414,8 +414,9 @@ pub async fn run(
             // milliseconds and fire up to a tick late, and as latency counts from the
             // scheduled time, that lateness was charged to the store (a read that took
             // 0.3 ms measured 2 ms at 300 ops/s). A thread's sleep ends within tens of µs.
-            let (due_tx, mut due_rx) = mpsc::channel::<Instant>(1024);
             let max_ops = config.max_ops;
+            // The pacer hands each due time straight to its lane's queue (an unbounded send
+            // never blocks), and the lanes' senders close with it, which ends the workers.
             let pacer = std::thread::spawn(move || {
                 let mut i: u64 = 0;
                 loop {
@@ -427,23 +428,14 @@ pub async fn run(
                     if scheduled > now {
                         std::thread::sleep(scheduled - now);
                     }
-                    // Blocks only if the dispatcher below falls behind; the times are
-                    // fixed by `i`, so the schedule does not drift.
-                    if due_tx.blocking_send(scheduled).is_err() {
+                    // The times are fixed by `i`, so the schedule does not drift.
+                    let lane = (i % lanes as u64) as usize;
+                    if lane_queues[lane].send(scheduled).is_err() {
                         break;
                     }
                     i += 1;
                 }
             });
-            let mut i: usize = 0;
-            while let Some(scheduled) = due_rx.recv().await {
-                if lane_queues[i % lanes].send(scheduled).is_err() {
-                    break;
-                }
-                i += 1;
-            }
-            drop(due_rx);
-            drop(lane_queues);
             let _ = tokio::task::spawn_blocking(move || pacer.join()).await;
             for w in workers {
                 let _ = w.await;
