@@ -69,8 +69,32 @@ impl Cli {
     pub fn worker_threads(&self) -> Option<usize> {
         match &self.command {
             Command::Node(args) => args.worker_threads.map(usize::from),
+            Command::Bench(args) => args.runtime_threads(),
             _ => None,
         }
+    }
+
+    /// The async runtime for the command. One thread (asked for, or the only CPU the
+    /// process may use) gets the current-thread scheduler: the multi-thread one with one
+    /// worker still hands every task woken by an I/O event through its shared queue and
+    /// wakes its own driver with an eventfd write, and the current-thread scheduler gave
+    /// three members on two CPUs 1.22x the closed-loop throughput (docs/benchmarks.md).
+    pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        let only_cpu = || std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
+        let mut builder = match self.worker_threads() {
+            Some(1) => tokio::runtime::Builder::new_current_thread(),
+            Some(threads) => {
+                let mut b = tokio::runtime::Builder::new_multi_thread();
+                b.worker_threads(threads);
+                b
+            }
+            None if only_cpu() && std::env::var_os("TOKIO_WORKER_THREADS").is_none() => {
+                tokio::runtime::Builder::new_current_thread()
+            }
+            // tokio's default: TOKIO_WORKER_THREADS, else one worker per CPU.
+            None => tokio::runtime::Builder::new_multi_thread(),
+        };
+        builder.enable_all().build()
     }
 }
 
@@ -153,6 +177,17 @@ pub struct BenchArgs {
     pub label: String,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Threads of the generator's async runtime (default: one per CPU). Fewer take less
+    /// CPU from stores sharing the machine, but queue the answers that arrive together
+    /// (measured in docs/benchmarks.md).
+    #[arg(long)]
+    pub threads: Option<u16>,
+}
+
+impl BenchArgs {
+    fn runtime_threads(&self) -> Option<usize> {
+        self.threads.map(|n| usize::from(n.max(1)))
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -891,4 +926,48 @@ async fn ring(endpoint: &Endpoint) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn threads(argv: &[&str]) -> Option<usize> {
+        let cli = Cli::try_parse_from(["dynamo"].iter().chain(argv)).unwrap();
+        cli.worker_threads()
+    }
+
+    #[test]
+    fn the_generator_runs_on_the_threads_asked_for_and_on_every_cpu_by_default() {
+        assert_eq!(threads(&["bench", "--rate", "5000"]), None);
+        assert_eq!(threads(&["bench"]), None);
+        assert_eq!(
+            threads(&["bench", "--rate", "5000", "--threads", "1"]),
+            Some(1)
+        );
+        assert_eq!(threads(&["bench", "--threads", "2"]), Some(2));
+        assert_eq!(threads(&["bench", "--threads", "0"]), Some(1));
+        assert_eq!(
+            threads(&["node", "--id", "n1", "--worker-threads", "1"]),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn one_thread_runs_the_current_thread_scheduler_and_more_the_multi_thread_one() {
+        use tokio::runtime::RuntimeFlavor;
+        let flavor = |argv: &[&str]| {
+            let cli = Cli::try_parse_from(["dynamo"].iter().chain(argv)).unwrap();
+            let runtime = cli.runtime().unwrap();
+            // The runtime serves: a spawned task completes on it.
+            let spawned = runtime.block_on(async { tokio::spawn(async { 7 }).await });
+            assert_eq!(spawned.unwrap(), 7);
+            runtime.handle().runtime_flavor()
+        };
+        let node = |n: &str| flavor(&["node", "--id", "n1", "--worker-threads", n]);
+        assert_eq!(node("1"), RuntimeFlavor::CurrentThread);
+        assert_eq!(node("2"), RuntimeFlavor::MultiThread);
+        let bench = flavor(&["bench", "--threads", "1"]);
+        assert_eq!(bench, RuntimeFlavor::CurrentThread);
+    }
 }
