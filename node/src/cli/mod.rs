@@ -69,7 +69,7 @@ impl Cli {
     pub fn worker_threads(&self) -> Option<usize> {
         match &self.command {
             Command::Node(args) => args.worker_threads.map(usize::from),
-            Command::Bench(args) => args.runtime_threads(),
+            Command::Bench(args) => args.threads.map(usize::from),
             _ => None,
         }
     }
@@ -180,14 +180,8 @@ pub struct BenchArgs {
     /// Threads of the generator's async runtime (default: one per CPU). Fewer take less
     /// CPU from stores sharing the machine, but queue the answers that arrive together
     /// (measured in docs/benchmarks.md).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub threads: Option<u16>,
-}
-
-impl BenchArgs {
-    fn runtime_threads(&self) -> Option<usize> {
-        self.threads.map(|n| usize::from(n.max(1)))
-    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -946,7 +940,8 @@ mod tests {
             Some(1)
         );
         assert_eq!(threads(&["bench", "--threads", "2"]), Some(2));
-        assert_eq!(threads(&["bench", "--threads", "0"]), Some(1));
+        let zero = Cli::try_parse_from(["dynamo", "bench", "--threads", "0"]).unwrap_err();
+        assert!(zero.to_string().contains("0 is not in 1..=1024"), "{zero}");
         assert_eq!(
             threads(&["node", "--id", "n1", "--worker-threads", "1"]),
             Some(1)
