@@ -108,7 +108,9 @@ impl Node {
             StoreConfig {
                 durability: config.durability,
                 sync_interval: config.sync_interval,
-            },
+                ..StoreConfig::default()
+            }
+            .with_drawn_sync_offset(env.random_u64()),
         )?;
 
         let identity = match store.meta_get(META_IDENTITY)? {

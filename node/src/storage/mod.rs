@@ -86,6 +86,21 @@ impl std::str::FromStr for Durability {
 pub struct StoreConfig {
     pub durability: Durability,
     pub sync_interval: Duration,
+    /// With periodic durability, the first fsync comes this long after the store opens
+    /// (at most `sync_interval`), then one every interval. Members started together draw
+    /// different offsets, so that their fsyncs, and the stall each brings, do not coincide.
+    pub first_sync_after: Duration,
+}
+
+impl StoreConfig {
+    /// A first fsync offset in [0, `sync_interval`), uniform in `random`: members of a
+    /// cluster started at once (`dynamo dev`, a StatefulSet's first rollout) would
+    /// otherwise all fsync at the same instant, each fsync's stall hitting every replica.
+    pub fn with_drawn_sync_offset(mut self, random: u64) -> StoreConfig {
+        let fraction = (random >> 11) as f64 / (1u64 << 53) as f64;
+        self.first_sync_after = self.sync_interval.mul_f64(fraction);
+        self
+    }
 }
 
 impl Default for StoreConfig {
@@ -93,6 +108,7 @@ impl Default for StoreConfig {
         StoreConfig {
             durability: Durability::Fsync,
             sync_interval: Duration::from_secs(1),
+            first_sync_after: Duration::from_secs(1),
         }
     }
 }
@@ -347,7 +363,9 @@ impl Store {
             dirty: false,
             reopens_seen: engine.reopens(),
         };
-        let handle = tokio::spawn(writer.run(rx, config.sync_interval));
+        let first_sync =
+            tokio::time::Instant::now() + config.first_sync_after.min(config.sync_interval);
+        let handle = tokio::spawn(writer.run(rx, first_sync, config.sync_interval));
         Ok(Store {
             engine,
             tx,
@@ -794,10 +812,15 @@ struct BatchState {
 }
 
 impl Writer {
-    async fn run(mut self, mut rx: mpsc::Receiver<Pending>, sync_interval: Duration) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Pending>,
+        first_sync: tokio::time::Instant,
+        sync_interval: Duration,
+    ) {
         // A deadline, not an idle timeout: under a steady stream of writes the queue is
         // never idle for a whole interval, and unsynced writes would pile up unbounded.
-        let mut sync_due = tokio::time::Instant::now() + sync_interval;
+        let mut sync_due = first_sync;
         // The periodic fsync runs beside the writer: writes keep reaching the OS while it
         // runs (waiting for it stalled every write of the member for 15–60 ms a second).
         let mut syncing: Option<tokio::task::JoinHandle<Result<(), StorageError>>> = None;

@@ -507,6 +507,7 @@ async fn periodic_durability_syncs_every_interval_under_steady_writes() {
     let config = StoreConfig {
         durability: Durability::Periodic,
         sync_interval: Duration::from_secs(1),
+        ..StoreConfig::default()
     };
     let store = Store::open(engine.clone(), config).unwrap();
     store.init_partitions(64).await.unwrap();
@@ -539,6 +540,92 @@ async fn periodic_durability_syncs_every_interval_under_steady_writes() {
     assert_eq!(engine.syncs.load(Ordering::Relaxed) - before, after_idle);
 }
 
+/// The first periodic fsync comes after the drawn offset, not a whole interval after the
+/// store opened, and then one per interval; the offset is never more than the interval (a
+/// lost machine loses at most one interval of writes). Members opened together draw
+/// different offsets, so their fsyncs do not coincide.
+#[tokio::test(start_paused = true)]
+async fn the_first_periodic_sync_comes_at_the_drawn_offset_within_one_interval() {
+    use std::sync::atomic::Ordering;
+    let interval = Duration::from_secs(1);
+    let config = |random: u64| {
+        StoreConfig {
+            durability: Durability::Periodic,
+            sync_interval: interval,
+            ..StoreConfig::default()
+        }
+        .with_drawn_sync_offset(random)
+    };
+    let offsets: Vec<Duration> = [0, 1 << 62, 1 << 63, 3 << 62, u64::MAX]
+        .into_iter()
+        .map(|r| config(r).first_sync_after)
+        .collect();
+    assert_eq!(offsets[0], Duration::ZERO);
+    assert!(offsets.windows(2).all(|w| w[0] < w[1]), "{offsets:?}");
+    assert!(offsets.iter().all(|o| *o <= interval), "{offsets:?}");
+    assert_eq!(offsets[2], interval / 2);
+
+    let engine = Arc::new(WatchedFsync::default());
+    // A quarter of the interval: 250 ms.
+    let store = Store::open(engine.clone(), config(1 << 62)).unwrap();
+    store.init_partitions(64).await.unwrap();
+    let before = engine.syncs.load(Ordering::Relaxed);
+    store
+        .coordinate(
+            1,
+            Bytes::from_static(b"k"),
+            write(Some("v"), VersionVector::new()),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        engine.syncs.load(Ordering::Relaxed),
+        before,
+        "synced before the offset"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        engine.syncs.load(Ordering::Relaxed),
+        before + 1,
+        "no sync at the offset"
+    );
+    store
+        .coordinate(
+            1,
+            Bytes::from_static(b"k2"),
+            write(Some("v"), VersionVector::new()),
+        )
+        .await
+        .unwrap();
+    // The next one an interval after the first (at 1.25 s), not at 1 s.
+    tokio::time::sleep(Duration::from_millis(850)).await;
+    assert_eq!(engine.syncs.load(Ordering::Relaxed), before + 1);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(engine.syncs.load(Ordering::Relaxed), before + 2);
+
+    // An offset beyond the interval is held to it.
+    let engine = Arc::new(WatchedFsync::default());
+    let late = StoreConfig {
+        durability: Durability::Periodic,
+        sync_interval: interval,
+        first_sync_after: Duration::from_secs(60),
+    };
+    let store = Store::open(engine.clone(), late).unwrap();
+    store.init_partitions(64).await.unwrap();
+    let before = engine.syncs.load(Ordering::Relaxed);
+    store
+        .coordinate(
+            1,
+            Bytes::from_static(b"k"),
+            write(Some("v"), VersionVector::new()),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1050)).await;
+    assert_eq!(engine.syncs.load(Ordering::Relaxed), before + 1);
+}
+
 /// With periodic durability the writer does not wait for the periodic fsync: while one is
 /// held by a slow disk, writes are still applied and answered; once it ends, writes made
 /// meanwhile are covered by the next interval's sync.
@@ -556,6 +643,7 @@ async fn periodic_sync_does_not_hold_up_writes() {
     let config = StoreConfig {
         durability: Durability::Periodic,
         sync_interval: Duration::from_millis(50),
+        ..StoreConfig::default()
     };
     let store = Store::open(engine.clone(), config).unwrap();
     store.init_partitions(64).await.unwrap();
