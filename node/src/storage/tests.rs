@@ -565,19 +565,26 @@ async fn the_first_periodic_sync_comes_at_the_drawn_offset_within_one_interval()
     assert!(offsets.iter().all(|o| *o <= interval), "{offsets:?}");
     assert_eq!(offsets[2], interval / 2);
 
-    let engine = Arc::new(WatchedFsync::default());
+    // A store of that config over a watched engine, and one write to it: returns the
+    // engine and the store (kept open), with the fsyncs counted from before the write.
+    let open_and_write = |config: StoreConfig| async move {
+        let engine = Arc::new(WatchedFsync::default());
+        let store = Store::open(engine.clone(), config).unwrap();
+        store.init_partitions(64).await.unwrap();
+        let before = engine.syncs.load(Ordering::Relaxed);
+        store
+            .coordinate(
+                1,
+                Bytes::from_static(b"k"),
+                write(Some("v"), VersionVector::new()),
+            )
+            .await
+            .unwrap();
+        (engine, store, before)
+    };
+
     // A quarter of the interval: 250 ms.
-    let store = Store::open(engine.clone(), config(1 << 62)).unwrap();
-    store.init_partitions(64).await.unwrap();
-    let before = engine.syncs.load(Ordering::Relaxed);
-    store
-        .coordinate(
-            1,
-            Bytes::from_static(b"k"),
-            write(Some("v"), VersionVector::new()),
-        )
-        .await
-        .unwrap();
+    let (engine, store, before) = open_and_write(config(1 << 62)).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
         engine.syncs.load(Ordering::Relaxed),
@@ -605,23 +612,12 @@ async fn the_first_periodic_sync_comes_at_the_drawn_offset_within_one_interval()
     assert_eq!(engine.syncs.load(Ordering::Relaxed), before + 2);
 
     // An offset beyond the interval is held to it.
-    let engine = Arc::new(WatchedFsync::default());
-    let late = StoreConfig {
+    let (engine, _store, before) = open_and_write(StoreConfig {
         durability: Durability::Periodic,
         sync_interval: interval,
         first_sync_after: Duration::from_secs(60),
-    };
-    let store = Store::open(engine.clone(), late).unwrap();
-    store.init_partitions(64).await.unwrap();
-    let before = engine.syncs.load(Ordering::Relaxed);
-    store
-        .coordinate(
-            1,
-            Bytes::from_static(b"k"),
-            write(Some("v"), VersionVector::new()),
-        )
-        .await
-        .unwrap();
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(1050)).await;
     assert_eq!(engine.syncs.load(Ordering::Relaxed), before + 1);
 }
