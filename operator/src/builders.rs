@@ -241,6 +241,11 @@ pub fn config_data(dc: &DynamoCluster, names: &Names) -> BTreeMap<String, String
         "DYNAMO_ANTI_ENTROPY_INTERVAL_S",
         s.anti_entropy_interval_seconds.to_string(),
     );
+    put("DYNAMO_READ_FANOUT", s.reads.fanout.as_str().into());
+    put(
+        "DYNAMO_SPECULATIVE_READ_MS",
+        s.reads.speculative_after_ms.to_string(),
+    );
     put("DYNAMO_LOG_FORMAT", "json".into());
     put("RUST_LOG", s.log_level.clone());
     d
@@ -697,6 +702,7 @@ pub fn service_monitor(dc: &DynamoCluster, names: &Names) -> DynamicObject {
 mod tests {
     use super::*;
     use crate::crd::{DynamoClusterSpec, Replication, ServiceType};
+    use kube::CustomResourceExt;
 
     pub(crate) fn cluster(replicas: i32) -> DynamoCluster {
         let mut dc = DynamoCluster::new(
@@ -751,6 +757,8 @@ mod tests {
             ("3", "2", "2")
         );
         assert_eq!(d["DYNAMO_CONFLICTS"], "siblings");
+        assert_eq!(d["DYNAMO_READ_FANOUT"], "quorum");
+        assert_eq!(d["DYNAMO_SPECULATIVE_READ_MS"], "10");
         assert_eq!(d["DYNAMO_LOG_FORMAT"], "json");
         assert_eq!(d["RUST_LOG"], "info");
         assert!(!d.contains_key("DYNAMO_CLIENT_TOKEN_FILE"));
@@ -758,6 +766,50 @@ mod tests {
         assert_eq!(
             config_hash(&d),
             config_hash(&config_data(&cluster(9), &names))
+        );
+    }
+
+    #[test]
+    fn reads_settings_reach_the_members_and_an_unknown_fanout_is_refused() {
+        let spec: DynamoClusterSpec = serde_json::from_value(serde_json::json!({
+            "replicas": 3,
+            "image": "dynamo:1",
+            "reads": {"fanout": "all", "speculativeAfterMs": 25}
+        }))
+        .unwrap();
+        let mut dc = cluster(3);
+        let before = config_data(&dc, &Names::of(&dc));
+        dc.spec = spec;
+        let names = Names::of(&dc);
+        let d = config_data(&dc, &names);
+        assert_eq!(d["DYNAMO_READ_FANOUT"], "all");
+        assert_eq!(d["DYNAMO_SPECULATIVE_READ_MS"], "25");
+        // A change rolls the members, which read it at start.
+        assert_ne!(config_hash(&d), config_hash(&before));
+
+        let bad = serde_json::from_value::<DynamoClusterSpec>(serde_json::json!({
+            "replicas": 3,
+            "image": "dynamo:1",
+            "reads": {"fanout": "one"}
+        }))
+        .unwrap_err()
+        .to_string();
+        assert!(bad.contains("unknown variant `one`"), "{bad}");
+        assert!(bad.contains("quorum") && bad.contains("all"), "{bad}");
+
+        // The API server refuses what serde would: the schema lists the variants and bounds
+        // the wait.
+        let crd = serde_json::to_value(DynamoCluster::crd()).unwrap();
+        let reads = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+            ["properties"]["reads"]["properties"];
+        assert_eq!(
+            reads["fanout"]["enum"],
+            serde_json::json!(["quorum", "all"])
+        );
+        assert_eq!(reads["speculativeAfterMs"]["minimum"].as_f64(), Some(1.0));
+        assert_eq!(
+            reads["speculativeAfterMs"]["maximum"].as_f64(),
+            Some(60000.0)
         );
     }
 

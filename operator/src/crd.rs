@@ -89,6 +89,10 @@ pub struct DynamoClusterSpec {
     #[serde(default = "default_anti_entropy_interval_seconds")]
     #[schemars(range(min = 1, max = 86400))]
     pub anti_entropy_interval_seconds: i32,
+    /// How members serve reads (`DYNAMO_READ_FANOUT`, `DYNAMO_SPECULATIVE_READ_MS`). Members
+    /// read it at start, so a change restarts them one at a time.
+    #[serde(default)]
+    pub reads: Reads,
     /// Log filter of the members, in `RUST_LOG` syntax: a level (`info`, `debug`), or a
     /// level with per-module levels (`info,dynamo::replication=debug`). Members read it
     /// at start, so a change restarts them one at a time.
@@ -177,6 +181,47 @@ impl ConflictMode {
         match self {
             ConflictMode::Siblings => "siblings",
             ConflictMode::Lww => "lww",
+        }
+    }
+}
+
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Reads {
+    /// Replicas a read asks at first: `quorum` asks R (the coordinating member first) and
+    /// one more after a failure or `speculativeAfterMs` without R replies; `all` asks all N
+    /// and repairs every stale replica from the replies, at N - 1 peer requests a read.
+    #[serde(default)]
+    pub fanout: ReadFanout,
+    /// With `fanout: quorum`: how long a read waits for R replies before asking another
+    /// replica (Cassandra's speculative retry).
+    #[serde(default = "default_speculative_after_ms")]
+    #[schemars(range(min = 1, max = 60000))]
+    pub speculative_after_ms: i32,
+}
+
+impl Default for Reads {
+    fn default() -> Self {
+        Reads {
+            fanout: ReadFanout::default(),
+            speculative_after_ms: default_speculative_after_ms(),
+        }
+    }
+}
+
+#[derive(JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadFanout {
+    #[default]
+    Quorum,
+    All,
+}
+
+impl ReadFanout {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReadFanout::Quorum => "quorum",
+            ReadFanout::All => "all",
         }
     }
 }
@@ -421,6 +466,10 @@ fn default_gossip_interval_ms() -> i32 {
 fn default_anti_entropy_interval_seconds() -> i32 {
     60
 }
+/// The node's own default (`dynamo::config::DEFAULT_SPECULATIVE_READ_MS`).
+fn default_speculative_after_ms() -> i32 {
+    10
+}
 fn default_log_level() -> String {
     "info".into()
 }
@@ -445,6 +494,7 @@ impl Default for DynamoClusterSpec {
             resources: None,
             gossip_interval_ms: default_gossip_interval_ms(),
             anti_entropy_interval_seconds: default_anti_entropy_interval_seconds(),
+            reads: Reads::default(),
             log_level: default_log_level(),
             pod: PodOverrides::default(),
             service: ServiceSettings::default(),
