@@ -31,6 +31,8 @@ stage "unit, property, real-process (the operator driving real members too), fuz
 if [ "$(id -u)" = 0 ]; then export DYNAMO_REQUIRE_ROOT_TESTS=1; fi
 # operator/tests/nodes.rs runs the dynamo binary, which this same invocation builds before
 # it runs any test (the node's integration tests need it).
+# A failing cluster test prints its members' last lines and keeps their whole logs here.
+export DYNAMO_TEST_LOG_DIR="${DYNAMO_TEST_LOG_DIR:-$PWD/target/test-logs}"
 DYNAMO_NODE_BIN="$PWD/target/debug/dynamo" cargo test --workspace --all-features --no-fail-fast
 
 stage "fuzzing: every target for ${FUZZ_SECONDS:-20} s (nightly toolchain, cargo-fuzz)"

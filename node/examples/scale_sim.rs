@@ -181,6 +181,7 @@ async fn gossip_run(n: usize, seed: u64, v1: &ClusterView, v2: &ClusterView) -> 
             st.id.clone(),
             config.cluster_secrets(),
             Duration::from_secs(1),
+            config.request_timeout,
             metrics.clone(),
         );
         members.push(Membership::new(

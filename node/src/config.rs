@@ -220,7 +220,8 @@ pub struct NodeConfig {
     pub limits: Limits,
     pub gossip_interval: Duration,
     pub failure_detector: FailureDetector,
-    /// Deadline of one replica request inside a client request.
+    /// Wait for a replica before fallbacks stand in for it; its answer counts until the
+    /// request's deadline.
     pub replica_timeout: Duration,
     /// Deadline of a whole client request.
     pub request_timeout: Duration,

@@ -88,6 +88,9 @@ pub struct Node {
     pub request_permits: Arc<tokio::sync::Semaphore>,
     shutdown: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// The peer server stops last (see [`Node::shutdown`]).
+    peer_shutdown: watch::Sender<bool>,
+    peer_server: Mutex<Option<JoinHandle<()>>>,
     started: tokio::time::Instant,
     /// Set once the member has known its peers (see [`Node::readiness`]); never unset, so
     /// a peer going down later does not make this member unready too.
@@ -199,6 +202,9 @@ impl Node {
             config.id.clone(),
             config.cluster_secrets(),
             config.replica_timeout,
+            // A peer silent for a whole request is taken for gone; one slower than a
+            // replica or gossip timeout may still answer a request waiting for it.
+            config.request_timeout,
             metrics.clone(),
         )
         .with_tls(tls.clone());
@@ -248,6 +254,7 @@ impl Node {
         }
 
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let (peer_shutdown, peer_shutdown_rx) = watch::channel(false);
         let node = Arc::new(Node {
             config: config.clone(),
             env: env.clone(),
@@ -268,6 +275,8 @@ impl Node {
             )),
             shutdown,
             tasks: Mutex::new(Vec::new()),
+            peer_shutdown,
+            peer_server: Mutex::new(None),
             started: tokio::time::Instant::now(),
             peers_known: std::sync::atomic::AtomicBool::new(false),
         });
@@ -282,13 +291,13 @@ impl Node {
         let handler: Arc<dyn Handler> = Arc::new(PeerService {
             node: Arc::downgrade(&node),
         });
+        *node.peer_server.lock() = Some(tokio::spawn(server::serve(
+            peer_listener,
+            handler,
+            ctx,
+            peer_shutdown_rx,
+        )));
         let mut tasks = vec![
-            tokio::spawn(server::serve(
-                peer_listener,
-                handler,
-                ctx,
-                shutdown_rx.clone(),
-            )),
             tokio::spawn(api::serve(http_listener, node.clone(), shutdown_rx.clone())),
             tokio::spawn(membership.clone().run_gossip(shutdown_rx.clone())),
             tokio::spawn(replicator.clone().run_hint_delivery(shutdown_rx.clone())),
@@ -304,10 +313,19 @@ impl Node {
 
     /// Stops every task and closes the store cleanly (its Merkle trees are saved, so the
     /// next start does not rescan).
+    ///
+    /// The peer server stops last: while clients drain, this member still answers the
+    /// writes and reads other members coordinate. With one replica of a key going down,
+    /// the others then need only each other once it is gone, not during its drain as well.
     pub async fn shutdown(&self) {
         self.shutdown.send_replace(true);
         let tasks: Vec<JoinHandle<()>> = std::mem::take(&mut *self.tasks.lock());
         for t in tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+        self.peer_shutdown.send_replace(true);
+        let peer_server = self.peer_server.lock().take();
+        if let Some(t) = peer_server {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }
         if let Err(e) = self.store.close().await {

@@ -525,6 +525,42 @@ async fn write_without_quorum_is_reported_as_failed() {
     assert_eq!(read.status.as_u16(), 503);
 }
 
+/// With one replica down and no member to stand in for it, a surviving replica that
+/// answers after the replica timeout (a disk stall; here SIGSTOP for 1.2 s against the
+/// harness's 500 ms) still counts while the request's deadline (3 s) has not passed: the
+/// write and the read succeed instead of being refused with one acknowledgement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_slower_than_the_replica_timeout_still_counts() {
+    let mut cluster = Cluster::start(3, Options::default()).await;
+    cluster.kill9(1);
+    let c = cluster.app_client(0);
+    let stall = Duration::from_millis(1200);
+
+    cluster.signal(2, "STOP");
+    let write = tokio::spawn({
+        let c = c.clone();
+        async move {
+            c.put("stalled", Bytes::from_static(b"late"), None, "")
+                .await
+        }
+    });
+    tokio::time::sleep(stall).await;
+    cluster.signal(2, "CONT");
+    let put = write.await.unwrap().unwrap();
+    assert_eq!(put.status.as_u16(), 204, "{}", put.text());
+
+    cluster.signal(2, "STOP");
+    let read = tokio::spawn({
+        let c = c.clone();
+        async move { c.get("stalled", "").await }
+    });
+    tokio::time::sleep(stall).await;
+    cluster.signal(2, "CONT");
+    let got = read.await.unwrap().unwrap();
+    assert_eq!(got.status.as_u16(), 200, "{}", got.text());
+    assert_eq!(got.body, Bytes::from_static(b"late"));
+}
+
 /// A restarted member reports ready only once it can reach its peers, so the first write
 /// it coordinates after turning ready meets its quorum (a load balancer sends traffic the
 /// moment a member is ready). With its peers down it still turns ready after a grace

@@ -314,7 +314,8 @@ pub struct NodeArgs {
     /// With `--failure-detector timeout`: silence after which a member is down.
     #[arg(long, env = "DYNAMO_DOWN_AFTER_MS", default_value_t = 5000)]
     pub down_after_ms: u64,
-    /// Deadline of one replica operation inside a request.
+    /// Wait for a replica's answer before fallbacks are asked to stand in for it (its
+    /// answer still counts until --request-timeout-ms).
     #[arg(long, env = "DYNAMO_REPLICA_TIMEOUT_MS", default_value_t = 1000)]
     pub replica_timeout_ms: u64,
     #[arg(long, env = "DYNAMO_REQUEST_TIMEOUT_MS", default_value_t = 5000)]

@@ -1302,6 +1302,7 @@ mod tests {
             config.id.clone(),
             config.cluster_secrets(),
             Duration::from_millis(100),
+            config.request_timeout,
             metrics.clone(),
         );
         let me = MemberState {

@@ -3,6 +3,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -262,7 +263,8 @@ impl Replicator {
         // (a cluster with fewer members than N).
         let w_reported = sets.iter().map(|s| w.min(s.len())).min().unwrap_or(w) as u32;
         if self.faults.ack_writes_before_quorum.load(Ordering::Relaxed) {
-            self.spawn_deliveries(view, p, &key, &object, mode, &targets, durable);
+            let deadline = Instant::now() + self.config.request_timeout;
+            self.spawn_deliveries(view, p, &key, &object, mode, &targets, durable, deadline);
             return ClientResponse::Written {
                 object,
                 dot,
@@ -271,8 +273,9 @@ impl Replicator {
             };
         }
         let mut pending = targets.len() + usize::from(durable.is_some());
-        let mut results = self.spawn_deliveries(view, p, &key, &object, mode, &targets, durable);
         let deadline = Instant::now() + self.config.request_timeout;
+        let mut results =
+            self.spawn_deliveries(view, p, &key, &object, mode, &targets, durable, deadline);
         let mut outcomes: Vec<(MemberId, Delivery)> = Vec::new();
         while !needed(&acked) && pending > 0 {
             match tokio::time::timeout_at(deadline, results.recv()).await {
@@ -353,6 +356,7 @@ impl Replicator {
         mode: ConflictMode,
         targets: &BTreeSet<MemberId>,
         local: Option<Durable>,
+        deadline: Instant,
     ) -> mpsc::Receiver<(MemberId, Delivery)> {
         let (tx, rx) = mpsc::channel(targets.len() + 1);
         let local_replica = local.is_some();
@@ -379,7 +383,17 @@ impl Replicator {
             let (target, key, object) = (target.clone(), key.clone(), object.clone());
             tokio::spawn(async move {
                 let delivery = this
-                    .deliver(&view, p, &key, &object, mode, &target, &used, local_replica)
+                    .deliver(
+                        &view,
+                        p,
+                        &key,
+                        &object,
+                        mode,
+                        &target,
+                        &used,
+                        local_replica,
+                        deadline,
+                    )
                     .await;
                 let _ = tx.send((target, delivery)).await;
             });
@@ -398,51 +412,84 @@ impl Replicator {
         target: &MemberId,
         used: &Mutex<BTreeSet<MemberId>>,
         local_replica: bool,
+        deadline: Instant,
     ) -> Delivery {
         let believed_up = self.membership.is_alive(target);
-        if believed_up
-            && self
-                .replicate_to(target, p, key, object, mode, None)
-                .await
-                .is_ok()
-        {
-            return Delivery::Direct;
-        }
-        // Sloppy quorum: the next live members on the ring stand in for the target.
-        let walk: Vec<MemberId> = view.current().walk(p).into_iter().cloned().collect();
-        for fallback in walk {
-            let claimed = {
-                let mut used = used.lock();
-                if used.contains(&fallback) || !self.membership.is_alive(&fallback) {
-                    false
-                } else {
-                    used.insert(fallback.clone());
-                    true
+        // The replica may take until the request's deadline to answer: a slow one (a disk
+        // stall) usually answers soon after the replica timeout, and when no stand-in
+        // exists its answer is the write's only way to this replica. Past the replica
+        // timeout the stand-ins are asked as well, and the first to take it wins.
+        let direct = believed_up.then(|| {
+            Box::pin(self.replicate_within(
+                target,
+                p,
+                key,
+                object,
+                mode,
+                None,
+                deadline.saturating_duration_since(Instant::now()),
+            ))
+        });
+        let mut direct = match direct {
+            Some(mut attempt) => {
+                match tokio::time::timeout(self.config.replica_timeout, attempt.as_mut()).await {
+                    Ok(Ok(())) => return Delivery::Direct,
+                    Ok(Err(_)) => None,
+                    Err(_) => Some(attempt),
                 }
-            };
-            if !claimed {
-                continue;
             }
-            if self
-                .replicate_to(&fallback, p, key, object, mode, Some(target))
-                .await
-                .is_ok()
-            {
-                self.metrics.hints_stored.inc();
-                tracing::debug!(peer = %target, fallback = %fallback, partition = p, believed_up, "a fallback keeps a hint for a replica");
-                return Delivery::Hinted(fallback);
+            None => None,
+        };
+        let stand_in = self.hand_to_stand_in(view, p, key, object, mode, target, used, believed_up);
+        tokio::pin!(stand_in);
+        if let Some(attempt) = direct.as_mut() {
+            tokio::select! {
+                // Biased like every select in node code, so a simulation seed replays.
+                biased;
+                answered = attempt.as_mut() => {
+                    if answered.is_ok() {
+                        return Delivery::Direct;
+                    }
+                    direct = None;
+                }
+                taken = &mut stand_in => {
+                    if let Some(fallback) = taken {
+                        return Delivery::Hinted(fallback);
+                    }
+                }
             }
         }
-        // No stand-in took it. The detector is a guess (a peer is suspected after a few
-        // unlucky gossip rounds, and one restarted a moment ago has heard nobody yet), so
-        // before giving up on the replica, try it after all.
-        if !believed_up
-            && self
-                .replicate_to(target, p, key, object, mode, None)
-                .await
-                .is_ok()
-        {
-            return Delivery::Direct;
+        match direct {
+            // No stand-in took it: the replica's late answer is all that is left.
+            Some(attempt) => {
+                if attempt.await.is_ok() {
+                    return Delivery::Direct;
+                }
+            }
+            None => {
+                if let Some(fallback) = stand_in.await {
+                    return Delivery::Hinted(fallback);
+                }
+                // The detector is a guess (a peer is suspected after a few unlucky gossip
+                // rounds, and one restarted a moment ago has heard nobody yet), so before
+                // giving up on the replica, try it after all.
+                if !believed_up
+                    && self
+                        .replicate_within(
+                            target,
+                            p,
+                            key,
+                            object,
+                            mode,
+                            None,
+                            self.config.replica_timeout,
+                        )
+                        .await
+                        .is_ok()
+                {
+                    return Delivery::Direct;
+                }
+            }
         }
         // Keep it here and retry until the target (or its successor) has it: the seed's
         // "retry list", made durable.
@@ -470,7 +517,49 @@ impl Replicator {
         }
     }
 
-    /// Sends `object` to `member` (as a hint for `hint_for` if given).
+    /// Sloppy quorum: the next live members on the ring, not yet holding this write,
+    /// stand in for `target`; returns the one that took it as a hint.
+    #[allow(clippy::too_many_arguments)]
+    async fn hand_to_stand_in(
+        &self,
+        view: &ClusterView,
+        p: PartitionId,
+        key: &Bytes,
+        object: &Object,
+        mode: ConflictMode,
+        target: &MemberId,
+        used: &Mutex<BTreeSet<MemberId>>,
+        believed_up: bool,
+    ) -> Option<MemberId> {
+        let walk: Vec<MemberId> = view.current().walk(p).into_iter().cloned().collect();
+        for fallback in walk {
+            let claimed = {
+                let mut used = used.lock();
+                if used.contains(&fallback) || !self.membership.is_alive(&fallback) {
+                    false
+                } else {
+                    used.insert(fallback.clone());
+                    true
+                }
+            };
+            if !claimed {
+                continue;
+            }
+            if self
+                .replicate_to(&fallback, p, key, object, mode, Some(target))
+                .await
+                .is_ok()
+            {
+                self.metrics.hints_stored.inc();
+                tracing::debug!(peer = %target, fallback = %fallback, partition = p, believed_up, "a fallback keeps a hint for a replica");
+                return Some(fallback);
+            }
+        }
+        None
+    }
+
+    /// Sends `object` to `member` (as a hint for `hint_for` if given), waiting the
+    /// replica timeout for its answer.
     pub(super) async fn replicate_to(
         &self,
         member: &MemberId,
@@ -479,6 +568,29 @@ impl Replicator {
         object: &Object,
         mode: ConflictMode,
         hint_for: Option<&MemberId>,
+    ) -> Result<(), RpcError> {
+        self.replicate_within(
+            member,
+            p,
+            key,
+            object,
+            mode,
+            hint_for,
+            self.config.replica_timeout,
+        )
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn replicate_within(
+        &self,
+        member: &MemberId,
+        p: PartitionId,
+        key: &Bytes,
+        object: &Object,
+        mode: ConflictMode,
+        hint_for: Option<&MemberId>,
+        timeout: Duration,
     ) -> Result<(), RpcError> {
         if member == &self.me {
             let result = match hint_for {
@@ -516,11 +628,7 @@ impl Replicator {
             hint_for: hint_for.cloned(),
             mode,
         };
-        match self
-            .rpc
-            .call(&addr, request, self.config.replica_timeout)
-            .await
-        {
+        match self.rpc.call(&addr, request, timeout).await {
             Ok(Response::Merged { .. } | Response::Ack) => Ok(()),
             Ok(_) => Err(RpcError::Unexpected("replicate")),
             Err(e) => {
@@ -537,6 +645,7 @@ impl Replicator {
         member: &MemberId,
         p: PartitionId,
         key: &Bytes,
+        timeout: Duration,
     ) -> Result<Option<Object>, RpcError> {
         if member == &self.me {
             return self.store.get(p, key).map_err(|e| {
@@ -556,7 +665,7 @@ impl Replicator {
                     key: key.clone(),
                     hint_for: None,
                 },
-                self.config.replica_timeout,
+                timeout,
             )
             .await
         {
@@ -610,11 +719,16 @@ impl Replicator {
         };
         let (tx, mut rx) = mpsc::channel(targets.len().max(1));
         let mut untried = targets.iter();
+        let deadline = Instant::now() + self.config.request_timeout;
+        // A replica may answer until the request's deadline: slow ones are covered by
+        // asking the next replica (speculation), and when none is left a late answer is
+        // better than a refused read.
         let ask = |target: &MemberId| {
             let this = self.clone();
             let (tx, target, key) = (tx.clone(), target.clone(), key.clone());
             tokio::spawn(async move {
-                let result = this.read_from(&target, p, &key).await;
+                let timeout = deadline.saturating_duration_since(Instant::now());
+                let result = this.read_from(&target, p, &key, timeout).await;
                 let _ = tx.send((target, result)).await;
             });
         };
@@ -623,7 +737,6 @@ impl Replicator {
             ask(target);
             outstanding += 1;
         }
-        let deadline = Instant::now() + self.config.request_timeout;
         let mut speculate_at = speculate_after.map(|after| Instant::now() + after);
         let mut replies: Vec<(MemberId, Option<Object>)> = Vec::new();
         while replies.len() < r && outstanding > 0 {

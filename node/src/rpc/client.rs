@@ -37,6 +37,9 @@ struct Inner {
     /// The first is proven, all are accepted from servers.
     secrets: Arc<Vec<Vec<u8>>>,
     connect_timeout: Duration,
+    /// How long a connection may answer nothing while requests wait on it before it is
+    /// taken for half-open and dropped.
+    silence_limit: Duration,
     metrics: Metrics,
     peers: Mutex<FnvHashMap<String, Arc<Peer>>>,
     tls: Option<Tls>,
@@ -58,6 +61,10 @@ struct Conn {
     /// When a frame last arrived: a connection that answers nothing while requests time
     /// out is half-open (the peer restarted or vanished without a reset) and is dropped.
     last_frame: Mutex<Instant>,
+    /// When the first request sent since the last frame went out. The connection is
+    /// dropped only once this is `silence_limit` old: one short request timing out (a
+    /// gossip round) must not fail the longer ones waiting on a peer that is merely slow.
+    awaiting_since: Mutex<Option<Instant>>,
 }
 
 impl Conn {
@@ -74,6 +81,7 @@ impl RpcClient {
         me: MemberId,
         secrets: Vec<Vec<u8>>,
         connect_timeout: Duration,
+        silence_limit: Duration,
         metrics: Metrics,
     ) -> RpcClient {
         RpcClient {
@@ -82,6 +90,7 @@ impl RpcClient {
                 me,
                 secrets: Arc::new(secrets),
                 connect_timeout,
+                silence_limit,
                 metrics,
                 peers: Mutex::new(FnvHashMap::default()),
                 tls: None,
@@ -96,6 +105,7 @@ impl RpcClient {
             me: shared.me.clone(),
             secrets: shared.secrets.clone(),
             connect_timeout: shared.connect_timeout,
+            silence_limit: shared.silence_limit,
             metrics: shared.metrics.clone(),
             peers: Mutex::new(FnvHashMap::default()),
             tls: None,
@@ -173,11 +183,15 @@ impl RpcClient {
             Ok(Err(_)) => return Err(RpcError::Closed),
             Err(_) => return Err(RpcError::Timeout),
         }
+        conn.awaiting_since.lock().get_or_insert(sent_at);
         let response = match tokio::time::timeout_at(deadline, rx).await {
             Ok(r) => r.map_err(|_| RpcError::Closed),
             Err(_) => {
-                if *conn.last_frame.lock() < sent_at {
-                    tracing::debug!(peer = %conn.peer_id, "no answer on the connection since the request; dropping it");
+                let silent_since = *conn.awaiting_since.lock();
+                if *conn.last_frame.lock() < sent_at
+                    && silent_since.is_some_and(|t| t.elapsed() >= self.inner.silence_limit)
+                {
+                    tracing::debug!(peer = %conn.peer_id, "no answer on the connection for the silence limit; dropping it");
                     conn.fail_all();
                 }
                 Err(RpcError::Timeout)
@@ -263,6 +277,7 @@ impl RpcClient {
             next_id: AtomicU64::new(1),
             closed: AtomicBool::new(false),
             last_frame: Mutex::new(Instant::now()),
+            awaiting_since: Mutex::new(None),
         });
         tokio::spawn(write_loop(writer, rx, conn.clone()));
         tokio::spawn(read_loop(reader, conn.clone()));
@@ -379,6 +394,7 @@ async fn read_loop(mut reader: BufReader<ReadHalf<BoxConnection>>, conn: Arc<Con
                 body: FrameBody::Response(resp),
             }) => {
                 *conn.last_frame.lock() = Instant::now();
+                *conn.awaiting_since.lock() = None;
                 if let Some(waiter) = conn.pending.lock().remove(&id) {
                     let _ = waiter.send(resp);
                 }

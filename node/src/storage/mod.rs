@@ -35,6 +35,8 @@ const RECORD_FORMAT_VERSION: u8 = 1;
 /// Most mutations committed in one batch.
 const MAX_BATCH: usize = 512;
 const WRITE_QUEUE: usize = 4096;
+/// A commit taking this long is logged: every write of the member waited behind it.
+const SLOW_COMMIT: Duration = Duration::from_millis(100);
 
 const META_SEQUENCE: &[u8] = b"sequence";
 const META_CLEAN: &[u8] = b"clean-shutdown";
@@ -1207,6 +1209,7 @@ impl Writer {
             });
         }
         let sync = self.durability == Durability::Fsync;
+        let started = std::time::Instant::now();
         let outcome = if sync && !state.durable.is_empty() {
             // Coordinated writes are answered between the write and the fsync, so their
             // coordinators replicate while this replica's fsync runs.
@@ -1224,6 +1227,17 @@ impl Writer {
         } else {
             self.engine.write(&state.ops, sync)
         };
+        let took = started.elapsed();
+        if took >= SLOW_COMMIT {
+            // Every write of the member waited this long: a disk stall (an fsync of the
+            // engine's journal, a full write buffer) shows here before it fails requests.
+            tracing::warn!(
+                took_ms = took.as_millis() as u64,
+                ops = state.ops.len(),
+                sync,
+                "slow storage commit"
+            );
+        }
         match outcome {
             Ok(()) => {
                 self.dirty |= !sync;

@@ -166,7 +166,10 @@ impl Cluster {
             .arg("--request-timeout-ms=3000")
             .args(&m.extra)
             .envs(m.env.iter().map(|(k, v)| (k, v)))
-            .env("RUST_LOG", "info,dynamo=debug")
+            .env(
+                "RUST_LOG",
+                std::env::var("DYNAMO_TEST_RUST_LOG").unwrap_or("info,dynamo=debug".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log);
@@ -249,7 +252,13 @@ impl Cluster {
     /// Prints the last lines of every member's log; with `DYNAMO_TEST_LOG_DIR` set, also
     /// copies the whole logs there (the cluster's directory is deleted with it).
     pub fn dump_logs(&self) {
-        let keep = std::env::var_os("DYNAMO_TEST_LOG_DIR").map(PathBuf::from);
+        // One directory per test: tests in a binary run in parallel and name their
+        // members alike, so a shared directory would keep only the last one's logs.
+        let test = std::thread::current()
+            .name()
+            .unwrap_or("unnamed")
+            .replace("::", "-");
+        let keep = std::env::var_os("DYNAMO_TEST_LOG_DIR").map(|d| PathBuf::from(d).join(&test));
         for m in &self.members {
             if let Some(dir) = &keep {
                 let _ = std::fs::create_dir_all(dir);
