@@ -42,6 +42,15 @@ pub struct Replicator {
     pub faults: Arc<Faults>,
 }
 
+/// One version of a key on its way to replicas.
+#[derive(Clone, Copy)]
+pub(super) struct Shipment<'a> {
+    pub partition: PartitionId,
+    pub key: &'a Bytes,
+    pub object: &'a Object,
+    pub mode: ConflictMode,
+}
+
 /// How one replica came to hold a write.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Delivery {
@@ -262,9 +271,15 @@ impl Replicator {
         // What the client is told W was: less than asked while a replica set is smaller
         // (a cluster with fewer members than N).
         let w_reported = sets.iter().map(|s| w.min(s.len())).min().unwrap_or(w) as u32;
+        let shipment = Shipment {
+            partition: p,
+            key: &key,
+            object: &object,
+            mode,
+        };
         if self.faults.ack_writes_before_quorum.load(Ordering::Relaxed) {
             let deadline = Instant::now() + self.config.request_timeout;
-            self.spawn_deliveries(view, p, &key, &object, mode, &targets, durable, deadline);
+            self.spawn_deliveries(view, shipment, &targets, durable, deadline);
             return ClientResponse::Written {
                 object,
                 dot,
@@ -274,8 +289,7 @@ impl Replicator {
         }
         let mut pending = targets.len() + usize::from(durable.is_some());
         let deadline = Instant::now() + self.config.request_timeout;
-        let mut results =
-            self.spawn_deliveries(view, p, &key, &object, mode, &targets, durable, deadline);
+        let mut results = self.spawn_deliveries(view, shipment, &targets, durable, deadline);
         let mut outcomes: Vec<(MemberId, Delivery)> = Vec::new();
         while !needed(&acked) && pending > 0 {
             match tokio::time::timeout_at(deadline, results.recv()).await {
@@ -346,18 +360,17 @@ impl Replicator {
     /// Starts delivering `object` to every target concurrently. Each delivery runs to its
     /// end in the background (the client may be answered before) and reports once; so
     /// does the local copy (`local`, when this member is a replica) once it is durable.
-    #[allow(clippy::too_many_arguments)]
     fn spawn_deliveries(
         self: &Arc<Self>,
         view: &Arc<ClusterView>,
-        p: PartitionId,
-        key: &Bytes,
-        object: &Object,
-        mode: ConflictMode,
+        shipment: Shipment<'_>,
         targets: &BTreeSet<MemberId>,
         local: Option<Durable>,
         deadline: Instant,
     ) -> mpsc::Receiver<(MemberId, Delivery)> {
+        let Shipment {
+            partition: p, mode, ..
+        } = shipment;
         let (tx, rx) = mpsc::channel(targets.len() + 1);
         let local_replica = local.is_some();
         if let Some(durable) = local {
@@ -380,20 +393,20 @@ impl Replicator {
         for target in targets {
             let this = self.clone();
             let (view, used, tx) = (view.clone(), used.clone(), tx.clone());
-            let (target, key, object) = (target.clone(), key.clone(), object.clone());
+            let (target, key, object) = (
+                target.clone(),
+                shipment.key.clone(),
+                shipment.object.clone(),
+            );
             tokio::spawn(async move {
+                let shipment = Shipment {
+                    partition: p,
+                    key: &key,
+                    object: &object,
+                    mode,
+                };
                 let delivery = this
-                    .deliver(
-                        &view,
-                        p,
-                        &key,
-                        &object,
-                        mode,
-                        &target,
-                        &used,
-                        local_replica,
-                        deadline,
-                    )
+                    .deliver(&view, shipment, &target, &used, local_replica, deadline)
                     .await;
                 let _ = tx.send((target, delivery)).await;
             });
@@ -401,14 +414,10 @@ impl Replicator {
         rx
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn deliver(
         &self,
         view: &ClusterView,
-        p: PartitionId,
-        key: &Bytes,
-        object: &Object,
-        mode: ConflictMode,
+        shipment: Shipment<'_>,
         target: &MemberId,
         used: &Mutex<BTreeSet<MemberId>>,
         local_replica: bool,
@@ -422,10 +431,7 @@ impl Replicator {
         let direct = believed_up.then(|| {
             Box::pin(self.replicate_within(
                 target,
-                p,
-                key,
-                object,
-                mode,
+                shipment,
                 None,
                 deadline.saturating_duration_since(Instant::now()),
             ))
@@ -440,7 +446,7 @@ impl Replicator {
             }
             None => None,
         };
-        let stand_in = self.hand_to_stand_in(view, p, key, object, mode, target, used, believed_up);
+        let stand_in = self.hand_to_stand_in(view, shipment, target, used, believed_up);
         tokio::pin!(stand_in);
         if let Some(attempt) = direct.as_mut() {
             tokio::select! {
@@ -473,20 +479,7 @@ impl Replicator {
                 // The detector is a guess (a peer is suspected after a few unlucky gossip
                 // rounds, and one restarted a moment ago has heard nobody yet), so before
                 // giving up on the replica, try it after all.
-                if !believed_up
-                    && self
-                        .replicate_within(
-                            target,
-                            p,
-                            key,
-                            object,
-                            mode,
-                            None,
-                            self.config.replica_timeout,
-                        )
-                        .await
-                        .is_ok()
-                {
+                if !believed_up && self.replicate_to(target, shipment, None).await.is_ok() {
                     return Delivery::Direct;
                 }
             }
@@ -495,14 +488,14 @@ impl Replicator {
         // "retry list", made durable.
         let hint = Hint {
             target: target.clone(),
-            partition: p,
-            key: key.clone(),
-            object: object.clone(),
+            partition: shipment.partition,
+            key: shipment.key.clone(),
+            object: shipment.object.clone(),
         };
-        match self.store.put_hint(hint, mode).await {
+        match self.store.put_hint(hint, shipment.mode).await {
             Ok(()) => {
                 self.metrics.hints_stored.inc();
-                tracing::debug!(peer = %target, partition = p, "no replica or fallback reachable; keeping a hint");
+                tracing::debug!(peer = %target, partition = shipment.partition, "no replica or fallback reachable; keeping a hint");
                 // A coordinator that is not itself a replica is a distinct stand-in.
                 if local_replica {
                     Delivery::Retrying
@@ -511,7 +504,7 @@ impl Replicator {
                 }
             }
             Err(e) => {
-                tracing::error!(peer = %target, partition = p, error = %e, "could not keep a hint");
+                tracing::error!(peer = %target, partition = shipment.partition, error = %e, "could not keep a hint");
                 Delivery::Retrying
             }
         }
@@ -519,18 +512,15 @@ impl Replicator {
 
     /// Sloppy quorum: the next live members on the ring, not yet holding this write,
     /// stand in for `target`; returns the one that took it as a hint.
-    #[allow(clippy::too_many_arguments)]
     async fn hand_to_stand_in(
         &self,
         view: &ClusterView,
-        p: PartitionId,
-        key: &Bytes,
-        object: &Object,
-        mode: ConflictMode,
+        shipment: Shipment<'_>,
         target: &MemberId,
         used: &Mutex<BTreeSet<MemberId>>,
         believed_up: bool,
     ) -> Option<MemberId> {
+        let p = shipment.partition;
         let walk: Vec<MemberId> = view.current().walk(p).into_iter().cloned().collect();
         for fallback in walk {
             let claimed = {
@@ -546,7 +536,7 @@ impl Replicator {
                 continue;
             }
             if self
-                .replicate_to(&fallback, p, key, object, mode, Some(target))
+                .replicate_to(&fallback, shipment, Some(target))
                 .await
                 .is_ok()
             {
@@ -563,35 +553,26 @@ impl Replicator {
     pub(super) async fn replicate_to(
         &self,
         member: &MemberId,
-        p: PartitionId,
-        key: &Bytes,
-        object: &Object,
-        mode: ConflictMode,
+        shipment: Shipment<'_>,
         hint_for: Option<&MemberId>,
     ) -> Result<(), RpcError> {
-        self.replicate_within(
-            member,
-            p,
-            key,
-            object,
-            mode,
-            hint_for,
-            self.config.replica_timeout,
-        )
-        .await
+        self.replicate_within(member, shipment, hint_for, self.config.replica_timeout)
+            .await
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn replicate_within(
         &self,
         member: &MemberId,
-        p: PartitionId,
-        key: &Bytes,
-        object: &Object,
-        mode: ConflictMode,
+        shipment: Shipment<'_>,
         hint_for: Option<&MemberId>,
         timeout: Duration,
     ) -> Result<(), RpcError> {
+        let Shipment {
+            partition: p,
+            key,
+            object,
+            mode,
+        } = shipment;
         if member == &self.me {
             let result = match hint_for {
                 None => self
@@ -832,7 +813,16 @@ impl Replicator {
                 continue;
             }
             if self
-                .replicate_to(&member, p, key, &merged, mode, None)
+                .replicate_to(
+                    &member,
+                    Shipment {
+                        partition: p,
+                        key,
+                        object: &merged,
+                        mode,
+                    },
+                    None,
+                )
                 .await
                 .is_ok()
             {

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use super::Replicator;
+use super::coordinator::Shipment;
 use crate::membership::MemberStatus;
 use crate::ring::MemberId;
 use crate::storage::Hint;
@@ -87,21 +88,21 @@ impl Replicator {
             }
             return false;
         }
+        let shipment = Shipment {
+            partition: hint.partition,
+            key: &hint.key,
+            object: &hint.object,
+            mode,
+        };
         let ok = if view.replicates(target, hint.partition) {
-            self.replicate_to(target, hint.partition, &hint.key, &hint.object, mode, None)
-                .await
-                .is_ok()
+            self.replicate_to(target, shipment, None).await.is_ok()
         } else {
             // The ring moved on: hand the write to the partition's current replicas.
             let mut acks = 0;
             let sets = view.write_sets(hint.partition);
             let members: std::collections::BTreeSet<&MemberId> = sets.iter().flatten().collect();
             for m in &members {
-                if self.membership.is_alive(m)
-                    && self
-                        .replicate_to(m, hint.partition, &hint.key, &hint.object, mode, None)
-                        .await
-                        .is_ok()
+                if self.membership.is_alive(m) && self.replicate_to(m, shipment, None).await.is_ok()
                 {
                     acks += 1;
                 }
