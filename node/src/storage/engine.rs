@@ -8,6 +8,7 @@ use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
 
+use fjall::AbstractTree;
 use parking_lot::Mutex;
 
 use super::StorageError;
@@ -62,6 +63,18 @@ pub trait Engine: Send + Sync + 'static {
     /// Like [`Engine::sync`], and writes may go on while it runs (for the periodic sync).
     fn sync_beside_writes(&self) -> Result<(), StorageError> {
         self.sync()
+    }
+    /// Whether the data memtable has grown to where the store should seal it (with
+    /// [`Engine::seal_memtable`], off its own thread). An engine that seals by itself, or
+    /// has no memtable, says no.
+    fn memtable_seal_due(&self) -> bool {
+        false
+    }
+    /// Seals the data memtable for flushing; with `sync_first`, makes the journal durable
+    /// beside writes before, so that the flush finds little to sync while it holds the
+    /// journal lock (with every batch fsynced there is nothing to gain).
+    fn seal_memtable(&self, _sync_first: bool) -> Result<(), StorageError> {
+        Ok(())
     }
     /// Whether calls may block on disk I/O (then the store keeps them off async tasks).
     fn blocking(&self) -> bool;
@@ -136,21 +149,41 @@ const REOPEN_RETRY: std::time::Duration = std::time::Duration::from_millis(250);
 /// fjall's memtable size, which the data memtables are spread around.
 const MEMTABLE_BYTES: u64 = 64 * 1024 * 1024;
 
-/// The size at which a member's data memtable is flushed, drawn once when the member's
-/// engine is created (fjall keeps it from then on): between half and one and a half times
-/// fjall's default. While a memtable is flushed the member's commits and reads wait for a
-/// while: fjall fsyncs its journal under the journal lock before it flushes, and installs
-/// the new table under the tree's version lock, fsyncing the version file. With as many
-/// members as replicas every member receives the same writes, so with one size for all,
-/// every member flushed within 0.1 s of the others and every replica of every key stalled
-/// at once. Staggered, one member flushes at a time and the others make the quorum.
+/// The memtable size fjall is given for a data keyspace this code creates: above any
+/// size the store draws (see [`staggered_memtable_bytes`]), so the store seals its
+/// memtables, not fjall; fjall's own rotation is only the backstop.
+const FJALL_DATA_MEMTABLE_CAP: u64 = MEMTABLE_BYTES * 2;
+
+const _: () = assert!(FJALL_DATA_MEMTABLE_CAP >= MEMTABLE_BYTES * 3 / 2);
+
+/// A Meta key saying that the data keyspace was created with [`FJALL_DATA_MEMTABLE_CAP`].
+/// fjall keeps a keyspace's size from its creation and does not tell it; without this
+/// key the keyspace is older, and fjall seals its memtable somewhere in 32–96 MiB.
+const META_DATA_MEMTABLE_CAP: &[u8] = b"engine/data-memtable-cap";
+
+/// The size at which a member seals its data memtable for flushing, drawn each time the
+/// engine opens: between half and one and a half times fjall's default. While a memtable
+/// is flushed the member's commits and reads wait for a while: fjall fsyncs its journal
+/// under the journal lock before it flushes, and installs the new table under the tree's
+/// version lock, fsyncing the version file. With as many members as replicas every member
+/// receives the same writes, so with one size for all, every member flushed within 0.1 s
+/// of the others and every replica of every key stalled at once. Staggered, one member
+/// flushes at a time and the others make the quorum.
 fn staggered_memtable_bytes() -> u64 {
     rand::random_range(MEMTABLE_BYTES / 2..MEMTABLE_BYTES * 3 / 2)
+}
+
+/// The same for a data keyspace created before the store sealed memtables itself, whose
+/// fjall size is unknown but at least 32 MiB: below that, so the store still seals first.
+fn staggered_memtable_bytes_under_old_cap() -> u64 {
+    rand::random_range(MEMTABLE_BYTES / 4..MEMTABLE_BYTES / 2)
 }
 
 struct FjallInner {
     db: fjall::Database,
     spaces: Vec<fjall::Keyspace>,
+    /// Data memtable bytes at which the store seals it (see [`Engine::memtable_seal_due`]).
+    seal_data_memtable_at: u64,
 }
 
 fn engine_err(e: fjall::Error) -> StorageError {
@@ -163,20 +196,47 @@ impl FjallInner {
             .cache_size(cache_bytes)
             .open()
             .map_err(engine_err)?;
+        // fjall keeps a keyspace's settings from its creation, so only a data keyspace
+        // created now gets the large cap.
+        let creating_data = !db.keyspace_exists(Space::Data.name());
         let mut spaces = Vec::new();
         for s in Space::ALL {
             spaces.push(
                 db.keyspace(s.name(), || {
                     let options = fjall::KeyspaceCreateOptions::default();
                     match s {
-                        Space::Data => options.max_memtable_size(staggered_memtable_bytes()),
+                        Space::Data => options.max_memtable_size(FJALL_DATA_MEMTABLE_CAP),
                         Space::Hints | Space::Meta => options,
                     }
                 })
                 .map_err(engine_err)?,
             );
         }
-        Ok(FjallInner { db, spaces })
+        let mut inner = FjallInner {
+            db,
+            spaces,
+            seal_data_memtable_at: 0,
+        };
+        let meta = inner.ks(Space::Meta);
+        if creating_data {
+            meta.insert(
+                META_DATA_MEMTABLE_CAP,
+                FJALL_DATA_MEMTABLE_CAP.to_le_bytes(),
+            )
+            .map_err(engine_err)?;
+        }
+        // Lost in a crash before the journal reached the disk, the mark makes an engine
+        // seal below the old cap: smaller memtables, nothing worse.
+        let marked = meta
+            .get(META_DATA_MEMTABLE_CAP)
+            .map_err(engine_err)?
+            .is_some();
+        inner.seal_data_memtable_at = if marked {
+            staggered_memtable_bytes()
+        } else {
+            staggered_memtable_bytes_under_old_cap()
+        };
+        Ok(inner)
     }
 
     fn ks(&self, s: Space) -> &fjall::Keyspace {
@@ -197,6 +257,23 @@ impl FjallEngine {
             failed_reopen_at: parking_lot::Mutex::new(None),
             journal: parking_lot::Mutex::new(None),
         })
+    }
+
+    /// Test hook: seal the data memtable from this many bytes on.
+    #[cfg(test)]
+    pub(crate) fn seal_data_memtable_at(&self, bytes: u64) {
+        if let Some(inner) = self.inner.write().as_mut() {
+            inner.seal_data_memtable_at = bytes;
+        }
+    }
+
+    /// Test hook: tables of the data keyspace on disk (each flush adds one).
+    #[cfg(test)]
+    pub(crate) fn data_table_count(&self) -> usize {
+        self.inner
+            .read()
+            .as_ref()
+            .map_or(0, |inner| inner.ks(Space::Data).table_count())
     }
 
     fn with<T>(
@@ -381,6 +458,33 @@ impl Engine for FjallEngine {
         result
     }
 
+    fn memtable_seal_due(&self) -> bool {
+        self.inner.read().as_ref().is_some_and(|inner| {
+            inner.ks(Space::Data).tree.active_memtable().size() >= inner.seal_data_memtable_at
+        })
+    }
+
+    fn seal_memtable(&self, sync_first: bool) -> Result<(), StorageError> {
+        let started = std::time::Instant::now();
+        if sync_first {
+            // Twice: the second fsync covers what was written during the first, leaving
+            // fjall only the last few milliseconds of writes to sync under its lock.
+            self.sync_beside_writes()?;
+            self.sync_beside_writes()?;
+        }
+        let synced_ms = started.elapsed().as_millis() as u64;
+        let sealed = self.with(|inner| inner.ks(Space::Data).rotate_memtable().map_err(engine_err));
+        if sealed.is_err() && self.inner.read().is_some() {
+            self.reopen();
+        }
+        tracing::debug!(
+            synced_ms,
+            took_ms = started.elapsed().as_millis() as u64,
+            "sealed the data memtable for flushing"
+        );
+        sealed.map(|_| ())
+    }
+
     fn blocking(&self) -> bool {
         true
     }
@@ -500,6 +604,66 @@ mod tests {
         let (low, high) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
         // 200 uniform draws all within a quarter of the range: about 4^-199.
         assert!(high - low > MEMTABLE_BYTES / 4, "{low}..{high}");
+    }
+
+    fn seal_size(engine: &FjallEngine) -> u64 {
+        engine.inner.read().as_ref().unwrap().seal_data_memtable_at
+    }
+
+    /// A data keyspace this code creates gets fjall's large cap and a mark saying so, and
+    /// the store seals below the cap; one created before (no mark, a cap of 32 MiB or
+    /// more) is sealed below 32 MiB, so the store, not fjall, seals either.
+    #[test]
+    fn the_store_seals_below_fjalls_cap_for_new_and_old_keyspaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = FjallEngine::open(dir.path(), 8 << 20).unwrap();
+        assert!((MEMTABLE_BYTES / 2..MEMTABLE_BYTES * 3 / 2).contains(&seal_size(&engine)));
+        engine
+            .write(
+                &[BatchOp {
+                    space: Space::Meta,
+                    key: META_DATA_MEMTABLE_CAP.to_vec(),
+                    value: None,
+                }],
+                true,
+            )
+            .unwrap();
+        drop(engine);
+        let old = FjallEngine::open(dir.path(), 8 << 20).unwrap();
+        assert!((MEMTABLE_BYTES / 4..MEMTABLE_BYTES / 2).contains(&seal_size(&old)));
+        assert_eq!(old.get(Space::Meta, META_DATA_MEMTABLE_CAP).unwrap(), None);
+    }
+
+    /// Sealing syncs the journal, hands the memtable to fjall's flush and leaves every
+    /// record readable.
+    #[test]
+    fn a_sealed_memtable_is_flushed_and_its_records_stay_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = FjallEngine::open(dir.path(), 8 << 20).unwrap();
+        engine.seal_data_memtable_at(64 << 10);
+        assert!(!engine.memtable_seal_due());
+        for i in 0..100u32 {
+            put(&engine, &i.to_be_bytes(), &[i as u8; 1024], false);
+        }
+        assert!(engine.memtable_seal_due());
+        assert_eq!(engine.data_table_count(), 0);
+        engine.seal_memtable(true).unwrap();
+        assert!(!engine.memtable_seal_due());
+        assert!(engine.journal.lock().is_some(), "the journal was fsynced");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while engine.data_table_count() == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the memtable was never flushed"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        for i in 0..100u32 {
+            assert_eq!(
+                engine.get(Space::Data, &i.to_be_bytes()).unwrap(),
+                Some(vec![i as u8; 1024])
+            );
+        }
     }
 
     fn journal_holding(engine: &FjallEngine, marker: &[u8]) -> Option<u64> {

@@ -801,6 +801,62 @@ fn rebuild_forest(engine: &dyn Engine, partitions: u32) -> Result<MerkleForest, 
     Ok(forest)
 }
 
+/// How long after a failed memtable seal the writer tries again (fjall's own rotation is
+/// the backstop meanwhile).
+const SEAL_RETRY: Duration = Duration::from_secs(1);
+
+/// The writer's seal of the engine's memtable, which runs on the blocking pool beside the
+/// writes: it fsyncs the journal first, so fjall's flush, which fsyncs the journal again
+/// while holding the lock every commit needs, has little left to sync. Left to fjall, each
+/// flush stopped the member's writes, and in periodic mode its runtime thread, for the
+/// whole fsync of up to a second of writes (docs/benchmarks.md, "Where the tail comes
+/// from").
+#[derive(Default)]
+struct MemtableSealing {
+    running: Option<tokio::task::JoinHandle<Result<(), StorageError>>>,
+    retry_at: Option<tokio::time::Instant>,
+}
+
+impl MemtableSealing {
+    /// `sync_first`: whether batches reach the disk only at the periodic fsync (then the
+    /// seal fsyncs the journal first; with an fsync per batch there is nothing to sync).
+    fn start_if_due(&mut self, engine: &Arc<dyn Engine>, sync_first: bool) {
+        if self.running.is_some()
+            || self
+                .retry_at
+                .is_some_and(|at| tokio::time::Instant::now() < at)
+            || !engine.blocking()
+            || !engine.memtable_seal_due()
+        {
+            return;
+        }
+        let engine = engine.clone();
+        self.running = Some(tokio::task::spawn_blocking(move || {
+            engine.seal_memtable(sync_first)
+        }));
+    }
+
+    /// Collects a seal that has finished, without waiting for one that has not.
+    async fn reap(&mut self) {
+        if self.running.as_ref().is_some_and(|s| s.is_finished()) {
+            self.finish().await;
+        }
+    }
+
+    async fn finish(&mut self) {
+        let Some(handle) = self.running.take() else {
+            return;
+        };
+        match handle.await.unwrap_or(Err(StorageError::Closed)) {
+            Ok(()) => self.retry_at = None,
+            Err(e) => {
+                self.retry_at = Some(tokio::time::Instant::now() + SEAL_RETRY);
+                tracing::warn!(error = %e, "sealing the memtable failed; the engine's own rotation remains");
+            }
+        }
+    }
+}
+
 /// Buffered effects of one batch before it is committed.
 struct BatchState {
     ops: Vec<BatchOp>,
@@ -826,10 +882,12 @@ impl Writer {
         // The periodic fsync runs beside the writer: writes keep reaching the OS while it
         // runs (waiting for it stalled every write of the member for 15–60 ms a second).
         let mut syncing: Option<tokio::task::JoinHandle<Result<(), StorageError>>> = None;
+        let mut sealing = MemtableSealing::default();
         loop {
             if syncing.as_ref().is_some_and(|s| s.is_finished()) {
                 self.finish_sync(syncing.take()).await;
             }
+            sealing.reap().await;
             if tokio::time::Instant::now() >= sync_due {
                 if self.dirty && syncing.is_none() {
                     syncing = self.start_sync();
@@ -871,9 +929,11 @@ impl Writer {
             } else {
                 self.commit(batch);
             }
+            sealing.start_if_due(&self.engine, self.durability == Durability::Periodic);
             if let Some(close) = close {
                 rx.close();
                 self.finish_sync(syncing.take()).await;
+                sealing.finish().await;
                 let result = self.save_trees_and_mark_clean();
                 let _ = close.reply.send(result.map(|()| OpResult::Done(true)));
                 // Writes queued behind the close are refused.
@@ -884,6 +944,7 @@ impl Writer {
             }
         }
         self.finish_sync(syncing.take()).await;
+        sealing.finish().await;
         if self.dirty {
             let _ = self.engine.sync();
         }

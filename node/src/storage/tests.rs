@@ -296,6 +296,51 @@ async fn fjall_engine_round_trip_and_reopen() {
     );
 }
 
+/// The writer seals the engine's memtable once it passes the engine's size, well before
+/// fjall's own cap, and the flushed records stay readable through the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_seals_the_memtable_when_it_is_due() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Arc::new(FjallEngine::open(dir.path(), 8 << 20).unwrap());
+    engine.seal_data_memtable_at(256 << 10);
+    let config = StoreConfig {
+        durability: Durability::Periodic,
+        ..StoreConfig::default()
+    };
+    let store = Store::open(engine.clone(), config).unwrap();
+    store.init_partitions(64).await.unwrap();
+    let value = "v".repeat(1024);
+    for i in 0..400u32 {
+        store
+            .coordinate(
+                i % 64,
+                Bytes::from(format!("key-{i}")),
+                write(Some(&value), VersionVector::new()),
+            )
+            .await
+            .unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while engine.data_table_count() == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the writer never sealed the memtable");
+    assert!(!engine.memtable_seal_due());
+    for i in [0u32, 199, 399] {
+        let obj = store
+            .get(i % 64, format!("key-{i}").as_bytes())
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            obj.values().next().unwrap().value.as_deref(),
+            Some(value.as_bytes())
+        );
+    }
+    store.close().await.unwrap();
+}
+
 #[test]
 fn record_decoder_rejects_garbage() {
     assert!(decode_record(&[]).is_err());
