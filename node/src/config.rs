@@ -4,6 +4,7 @@
 //! cluster is bootstrapped and travel with the cluster view, so a joining member always
 //! adopts the cluster's values rather than its own flags.
 
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -204,6 +205,9 @@ pub struct NodeConfig {
     pub durability: Durability,
     pub sync_interval: Duration,
     pub cache_bytes: u64,
+    /// Threads that flush and compact the storage engine; `None` leaves the count to the
+    /// engine (one per CPU, at most four).
+    pub engine_threads: Option<NonZeroUsize>,
     /// RPC addresses of members to contact first (DNS names allowed).
     pub seeds: Vec<String>,
     /// Create a new cluster with this member alone if it has no ring yet.
@@ -260,6 +264,7 @@ impl NodeConfig {
             durability: Durability::Fsync,
             sync_interval: Duration::from_secs(1),
             cache_bytes: 64 << 20,
+            engine_threads: None,
             seeds: Vec::new(),
             bootstrap: false,
             cluster_token: Secret::new("dev-cluster-token-change-me"),

@@ -396,3 +396,37 @@ async fn a_client_verb_whose_reader_went_away_ends_quietly() {
     );
     assert!(!stderr.contains("panicked"), "stderr: {stderr}");
 }
+
+/// The threads named in `/proc/<pid>/task/*/comm` that are `name`.
+fn threads_named(pid: u32, name: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.trim_end() == name)
+        .count()
+}
+
+/// `--engine-threads` sets how many threads flush and compact the member's storage engine
+/// (`dynamo dev` gives each member its share of the CPUs this way), and the member writes
+/// and reads as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_runs_the_engine_threads_it_is_given() {
+    for threads in [1, 3] {
+        let opts = Options {
+            extra: vec![format!("--engine-threads={threads}")],
+            ..single()
+        };
+        let cluster = Cluster::start(1, opts).await;
+        let pid = cluster.members[0].child.as_ref().unwrap().id();
+        assert_eq!(threads_named(pid, "fjall:worker"), threads);
+        let client = cluster.app_client(0);
+        let put = client
+            .put("k", Bytes::from_static(b"v"), None, "")
+            .await
+            .unwrap();
+        assert_eq!(put.status.as_u16(), 204, "{}", put.text());
+        let got = client.get("k", "").await.unwrap();
+        assert_eq!(got.status.as_u16(), 200, "{}", got.text());
+        assert_eq!(&got.body[..], b"v");
+    }
+}

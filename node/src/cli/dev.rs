@@ -87,13 +87,20 @@ fn member_command(exe: &Path, args: &DevArgs, i: u16) -> Result<Command> {
         .stdout(log.try_clone()?)
         .stderr(log)
         .kill_on_drop(true);
-    // A count given to every member by --node-arg wins (the flag may be given once).
+    // A count given to every member by --node-arg wins (each flag may be given once).
     if !args
         .node_args
         .iter()
         .any(|a| a.starts_with("--worker-threads"))
     {
         cmd.arg(format!("--worker-threads={}", member_worker_threads(args)));
+    }
+    if !args
+        .node_args
+        .iter()
+        .any(|a| a.starts_with("--engine-threads"))
+    {
+        cmd.arg(format!("--engine-threads={}", cpu_share(args.nodes)));
     }
     if i == 0 {
         cmd.arg("--bootstrap");
@@ -105,11 +112,18 @@ fn member_command(exe: &Path, args: &DevArgs, i: u16) -> Result<Command> {
 
 /// Threads per member: the ones asked for, or this machine's CPUs shared among the members.
 fn member_worker_threads(args: &DevArgs) -> u16 {
-    args.member_worker_threads.unwrap_or_else(|| {
-        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-        let per_member = cpus / usize::from(args.nodes.max(1));
-        u16::try_from(per_member.max(1)).unwrap_or(u16::MAX)
-    })
+    args.member_worker_threads
+        .unwrap_or_else(|| cpu_share(args.nodes))
+}
+
+/// This machine's CPUs shared among `nodes` members, at least one each. Each member's
+/// storage engine gets this many flush and compaction threads too: with fjall's one per
+/// CPU, one member flushing and compacting at once took every CPU of the machine, and the
+/// other members' requests queued for up to 100 ms (docs/benchmarks.md).
+fn cpu_share(nodes: u16) -> u16 {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let per_member = cpus / usize::from(nodes.max(1));
+    u16::try_from(per_member.max(1)).unwrap_or(u16::MAX)
 }
 
 pub async fn run(args: DevArgs) -> Result<i32> {
@@ -328,7 +342,8 @@ mod tests {
         assert_eq!(member_worker_threads(&asked), 4);
     }
 
-    fn worker_thread_flags(extra: &[&str]) -> Result<Vec<String>> {
+    /// The member's flags that start with `flag`, for `dynamo dev` given `extra`.
+    fn member_flags(flag: &str, extra: &[&str]) -> Result<Vec<String>> {
         let dir = tempfile::tempdir()?;
         let data_dir = dir.path().display().to_string();
         let mut argv = vec!["--member-worker-threads", "2", "--data-dir", &data_dir];
@@ -338,17 +353,40 @@ mod tests {
             .as_std()
             .get_args()
             .map(|a| a.to_string_lossy().into_owned())
-            .filter(|a| a.starts_with("--worker-threads"))
+            .filter(|a| a.starts_with(flag))
             .collect())
     }
 
     #[test]
     fn a_member_is_started_with_its_share_of_threads() -> Result<()> {
-        assert_eq!(worker_thread_flags(&[])?, ["--worker-threads=2"]);
+        assert_eq!(
+            member_flags("--worker-threads", &[])?,
+            ["--worker-threads=2"]
+        );
         // Given to every member by --node-arg, the count is passed once, as given.
         assert_eq!(
-            worker_thread_flags(&["--node-arg=--worker-threads=3"])?,
+            member_flags("--worker-threads", &["--node-arg=--worker-threads=3"])?,
             ["--worker-threads=3"]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_member_is_started_with_its_share_of_engine_threads() -> Result<()> {
+        // `member_flags` asks for two request threads per member: those do not change the
+        // engine's share.
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        for nodes in ["1", "3", "99"] {
+            let share = (cpus / nodes.parse::<usize>()?).max(1);
+            assert_eq!(
+                member_flags("--engine-threads", &["--nodes", nodes])?,
+                [format!("--engine-threads={share}")],
+                "{nodes} members on {cpus} CPUs"
+            );
+        }
+        assert_eq!(
+            member_flags("--engine-threads", &["--node-arg=--engine-threads=2"])?,
+            ["--engine-threads=2"]
         );
         Ok(())
     }
@@ -366,5 +404,39 @@ mod tests {
         );
         let default = Cli::try_parse_from(["dynamo", "node", "--id", "a"]);
         assert_eq!(default.map(|cli| cli.worker_threads()).ok(), Some(None));
+    }
+
+    #[test]
+    fn a_member_takes_its_engine_threads_from_the_flag_and_refuses_zero() {
+        let engine_threads = |argv: &[&str]| {
+            let argv = [
+                "dynamo",
+                "node",
+                "--id",
+                "a",
+                "--cluster-token",
+                "a-token-of-sixteen-chars",
+            ]
+            .iter()
+            .chain(argv);
+            match Cli::try_parse_from(argv).map(|cli| cli.command) {
+                Ok(Command::Node(args)) => super::super::node_config(&args)
+                    .map(|c| c.engine_threads.map(usize::from))
+                    .map_err(|e| e.to_string()),
+                Ok(other) => panic!("not node arguments: {other:?}"),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        assert_eq!(engine_threads(&["--engine-threads", "2"]), Ok(Some(2)));
+        assert_eq!(engine_threads(&[]), Ok(None), "the engine's own count");
+        for bad in ["0", "65", "many"] {
+            let refused = engine_threads(&["--engine-threads", bad]);
+            assert!(
+                refused
+                    .as_ref()
+                    .is_err_and(|e| e.contains("--engine-threads")),
+                "{bad}: {refused:?}"
+            );
+        }
     }
 }

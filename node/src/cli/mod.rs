@@ -235,6 +235,12 @@ pub struct NodeArgs {
     /// than the CPUs when several members share a machine (`dynamo dev` does this).
     #[arg(long, env = "DYNAMO_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub worker_threads: Option<u16>,
+    /// Threads that flush memtables and compact tables in the storage engine [default: one
+    /// per CPU the process may use, at most four]. Fewer than the CPUs when several members
+    /// share a machine (`dynamo dev` does this): each background thread can take a whole CPU
+    /// for a flush or a compaction.
+    #[arg(long, env = "DYNAMO_ENGINE_THREADS", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub engine_threads: Option<u16>,
     /// Peer (RPC) addresses of members to contact first; DNS names allowed.
     #[arg(long, env = "DYNAMO_SEEDS", value_delimiter = ',')]
     pub seeds: Vec<String>,
@@ -666,6 +672,9 @@ pub fn node_config(args: &NodeArgs) -> Result<NodeConfig> {
         durability: args.durability,
         sync_interval: Duration::from_millis(args.sync_interval_ms),
         cache_bytes: args.cache_mb << 20,
+        engine_threads: args
+            .engine_threads
+            .and_then(|n| std::num::NonZeroUsize::new(usize::from(n))),
         seeds: args
             .seeds
             .iter()
@@ -736,8 +745,9 @@ pub fn init_logging(format: LogFormat) {
 async fn run_node(args: NodeArgs) -> Result<i32> {
     init_logging(args.log_format);
     let config = node_config(&args)?;
-    let engine = FjallEngine::open(&config.data_dir, config.cache_bytes)
-        .with_context(|| format!("opening {}", config.data_dir.display()))?;
+    let engine =
+        FjallEngine::open_with_threads(&config.data_dir, config.cache_bytes, config.engine_threads)
+            .with_context(|| format!("opening {}", config.data_dir.display()))?;
     let node = Node::start(config, Env::production(0), Arc::new(engine)).await?;
     wait_for_signal().await;
     tracing::info!("shutting down");

@@ -4,6 +4,7 @@
 //! crashes the way a disk does.
 
 use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
@@ -103,6 +104,7 @@ pub trait Engine: Send + Sync + 'static {
 pub struct FjallEngine {
     dir: std::path::PathBuf,
     cache_bytes: u64,
+    background_threads: Option<NonZeroUsize>,
     inner: parking_lot::RwLock<Option<FjallInner>>,
     reopens: std::sync::atomic::AtomicU64,
     /// When the last reopen failed: retries are spaced by [`REOPEN_RETRY`].
@@ -196,11 +198,16 @@ fn engine_err(e: fjall::Error) -> StorageError {
 }
 
 impl FjallInner {
-    fn open(dir: &Path, cache_bytes: u64) -> Result<FjallInner, StorageError> {
-        let db = fjall::Database::builder(dir.join(ENGINE_DIR))
-            .cache_size(cache_bytes)
-            .open()
-            .map_err(engine_err)?;
+    fn open(
+        dir: &Path,
+        cache_bytes: u64,
+        background_threads: Option<NonZeroUsize>,
+    ) -> Result<FjallInner, StorageError> {
+        let mut builder = fjall::Database::builder(dir.join(ENGINE_DIR)).cache_size(cache_bytes);
+        if let Some(threads) = background_threads {
+            builder = builder.worker_threads(threads.get());
+        }
+        let db = builder.open().map_err(engine_err)?;
         // fjall keeps a keyspace's settings from its creation, so only a data keyspace
         // created now gets the large cap.
         let creating_data = !db.keyspace_exists(Space::Data.name());
@@ -250,13 +257,29 @@ impl FjallInner {
 }
 
 impl FjallEngine {
+    /// The engine with fjall's own count of flush and compaction threads: one per CPU the
+    /// process may use, at most four.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<FjallEngine, StorageError> {
+        FjallEngine::open_with_threads(dir, cache_bytes, None)
+    }
+
+    /// The engine with `background_threads` threads flushing memtables and compacting
+    /// tables, fjall's count when `None`. A member that shares its CPUs with others wants
+    /// its share: with one per CPU, a member flushing one memtable while compacting its
+    /// tables took both CPUs of a two-CPU machine for 100 to 300 ms, and every member's
+    /// requests queued behind them (docs/benchmarks.md).
+    pub fn open_with_threads(
+        dir: &Path,
+        cache_bytes: u64,
+        background_threads: Option<NonZeroUsize>,
+    ) -> Result<FjallEngine, StorageError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StorageError::Engine(format!("create {}: {e}", dir.display())))?;
-        let inner = FjallInner::open(dir, cache_bytes)?;
+        let inner = FjallInner::open(dir, cache_bytes, background_threads)?;
         Ok(FjallEngine {
             dir: dir.to_path_buf(),
             cache_bytes,
+            background_threads,
             inner: parking_lot::RwLock::new(Some(inner)),
             reopens: std::sync::atomic::AtomicU64::new(0),
             failed_reopen_at: parking_lot::Mutex::new(None),
@@ -324,7 +347,7 @@ impl FjallEngine {
 
     fn open_into(&self, slot: &mut Option<FjallInner>) {
         *self.journal.lock() = None;
-        match FjallInner::open(&self.dir, self.cache_bytes) {
+        match FjallInner::open(&self.dir, self.cache_bytes, self.background_threads) {
             Ok(inner) => {
                 *slot = Some(inner);
                 *self.failed_reopen_at.lock() = None;
