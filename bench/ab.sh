@@ -9,7 +9,7 @@
 # RECORDS (default 20000) values of VALUE_SIZE (1024) bytes, then WORKLOAD (a) closed loop
 # with CONCURRENCY (32) requests for DURATION_S (15) seconds, then, when RATE is set, the
 # same workload open loop at RATE ops/s for DURATION_S (latency from each request's
-# scheduled start), reporting also the members' CPU time per operation at that rate (which,
+# scheduled start; RATE=half: half of that run's own closed-loop throughput), reporting also the members' CPU time per operation at that rate (which,
 # unlike latency, CPU stolen by the hypervisor does not inflate) and the share of CPU
 # stolen during it. DURABILITY (fsync) and ROUNDS (2 ABBA pairs = 4 runs) as named.
 # The client is the binary BEFORE_BIN in every run, so only the servers differ.
@@ -68,12 +68,13 @@ one() {
   local line
   line="$(jq -r '"\(.throughput_ops_s) \(.all.p50_us/1000) \(.all.p99_us/1000) \(.errors)"' "$dir/closed.json")"
   if [ -n "$rate" ]; then
-    local members t0 t1 s0 s1
+    local members t0 t1 s0 s1 run_rate="$rate"
+    if [ "$rate" = half ]; then run_rate="$(jq -r '(.throughput_ops_s / 2) | floor' "$dir/closed.json")"; fi
     members="$(pgrep -P "$dev" | tr '\n' ' ')"
     t0="$(member_ticks $members)"; s0="$(cpu_steal)"
     "$before" bench --endpoints "$eps" --workload "$workload" --records "$records" --no-load \
       --value-size "$value_size" --concurrency "$concurrency" --duration-s "$duration" \
-      --rate "$rate" --json "$dir/rate.json" >"$dir/rate.txt" 2>&1 || true
+      --rate "$run_rate" --json "$dir/rate.json" >"$dir/rate.txt" 2>&1 || true
     t1="$(member_ticks $members)"; s1="$(cpu_steal)"
     line="$line $(jq -r '"\(.throughput_ops_s) \(.all.p50_us/1000) \(.all.p99_us/1000) \(.errors) \(.ops)"' "$dir/rate.json")"
     # The members' CPU time per operation: unlike latency, stolen CPU does not inflate it.
