@@ -112,10 +112,79 @@ pub struct FjallEngine {
     /// The journal file last fsynced, kept open; its lock also serialises fsyncs.
     journal: parking_lot::Mutex<Option<OpenJournal>>,
     /// The memtable the last seal sealed, held until the next seal has returned, so that
-    /// it is freed here: left to fjall, the next rotation's version cleanup freed it while
+    /// it is freed by us: left to fjall, the next rotation's version cleanup freed it while
     /// holding the lock that every read and commit takes (20 to 60 ms of frees for a
     /// memtable of tens of MiB, the member's longest stalls; docs/benchmarks.md).
     retired_memtable: parking_lot::Mutex<Option<Arc<lsm_tree::Memtable>>>,
+    reclaimer: MemtableReclaimer,
+}
+
+/// Frees retired memtables on a thread of the lowest priority (nice 19). Freed on the
+/// thread that seals, a memtable's 20 to 40 ms of frees ran on one CPU while fjall's
+/// flush of the next memtable, which the same seal starts, ran on the other: a two-CPU
+/// machine had no CPU left for requests for tens of milliseconds at every seal
+/// (docs/benchmarks.md). The frees hold no lock, so they can wait for an idle CPU. At most
+/// one memtable waits; when the thread falls behind, the sealing thread frees it itself.
+struct MemtableReclaimer {
+    queue: Option<std::sync::mpsc::SyncSender<Arc<lsm_tree::Memtable>>>,
+    /// Memtables the thread has let go of (what tests watch).
+    #[cfg_attr(not(test), allow(dead_code))]
+    released: Arc<std::sync::atomic::AtomicU64>,
+    /// The thread's id, once it has lowered its priority (what tests look up).
+    #[cfg_attr(not(test), allow(dead_code))]
+    thread_id: Arc<std::sync::OnceLock<i32>>,
+}
+
+/// The niceness of the reclaimer thread: the lowest priority an unprivileged thread can
+/// give itself.
+const RECLAIMER_NICE: i32 = 19;
+
+impl MemtableReclaimer {
+    fn start() -> MemtableReclaimer {
+        let (queue, retired) = std::sync::mpsc::sync_channel::<Arc<lsm_tree::Memtable>>(1);
+        let released = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let thread_id = Arc::new(std::sync::OnceLock::new());
+        let (count, id) = (released.clone(), thread_id.clone());
+        let spawned = std::thread::Builder::new()
+            .name("dynamo:reclaim".into())
+            .spawn(move || {
+                // On Linux, PRIO_PROCESS with a thread id sets that thread's niceness.
+                let me = rustix::thread::gettid();
+                if let Err(e) = rustix::process::setpriority_process(Some(me), RECLAIMER_NICE) {
+                    tracing::warn!(error = %e, "cannot lower the memtable reclaimer's priority");
+                }
+                let _ = id.set(me.as_raw_nonzero().get());
+                // Ends when the engine, and with it the queue's sender, is dropped.
+                for memtable in retired {
+                    drop(memtable);
+                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            });
+        let queue = match spawned {
+            Ok(_) => Some(queue),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the memtable reclaimer; seals free memtables themselves");
+                None
+            }
+        };
+        MemtableReclaimer {
+            queue,
+            released,
+            thread_id,
+        }
+    }
+
+    /// Hands `memtable` to the reclaimer, or frees it here when the reclaimer is busy.
+    fn retire(&self, memtable: Arc<lsm_tree::Memtable>) {
+        let Some(queue) = &self.queue else {
+            return;
+        };
+        match queue.try_send(memtable) {
+            Ok(()) => {}
+            Err(std::sync::mpsc::TrySendError::Full(m))
+            | Err(std::sync::mpsc::TrySendError::Disconnected(m)) => drop(m),
+        }
+    }
 }
 
 struct OpenJournal {
@@ -285,6 +354,7 @@ impl FjallEngine {
             failed_reopen_at: parking_lot::Mutex::new(None),
             journal: parking_lot::Mutex::new(None),
             retired_memtable: parking_lot::Mutex::new(None),
+            reclaimer: MemtableReclaimer::start(),
         })
     }
 
@@ -512,9 +582,12 @@ impl Engine for FjallEngine {
         let result = match sealed {
             Ok(Some(memtable)) => {
                 // fjall has let go of the previous memtable by now (the rotation cleaned up
-                // the versions that held it), so this frees it, outside fjall's locks.
+                // the versions that held it), so the reclaimer frees it, outside fjall's
+                // locks.
                 let previous = self.retired_memtable.lock().replace(memtable);
-                drop(previous);
+                if let Some(previous) = previous {
+                    self.reclaimer.retire(previous);
+                }
                 Ok(())
             }
             Ok(None) => Ok(()),
@@ -758,9 +831,31 @@ mod tests {
         engine.seal_memtable(false).unwrap();
         assert_eq!(retired_id(&engine), Some(second.id()));
         // fjall cleaned up the versions holding the first memtable during the second
-        // rotation and the engine let go of it after: only this test still holds it, so
-        // without the test the engine's drop was the last, outside fjall's locks.
+        // rotation and the engine handed it to its reclaimer, which let go of it: only
+        // this test still holds it, so without the test the reclaimer's drop was the
+        // last, outside fjall's locks.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while engine
+            .reclaimer
+            .released
+            .load(std::sync::atomic::Ordering::SeqCst)
+            < 1
+        {
+            assert!(std::time::Instant::now() < deadline, "never reclaimed");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         assert_eq!(Arc::strong_count(&first), 1);
+        // It runs at the lowest priority, so its frees wait for an idle CPU.
+        let tid = *engine
+            .reclaimer
+            .thread_id
+            .get()
+            .expect("set before reclaiming");
+        let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap();
+        // Fields after the command (in parentheses): state is field 3, nice field 19.
+        let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+        let nice: i32 = after_comm.split(' ').nth(16).unwrap().parse().unwrap();
+        assert_eq!(nice, RECLAIMER_NICE);
         wait_for_tables(&engine, 2);
         for i in 0..100u32 {
             assert_eq!(
