@@ -127,9 +127,6 @@ pub struct FjallEngine {
 /// one memtable waits; when the thread falls behind, the sealing thread frees it itself.
 struct MemtableReclaimer {
     queue: Option<std::sync::mpsc::SyncSender<Arc<lsm_tree::Memtable>>>,
-    /// Memtables the thread has let go of (what tests watch).
-    #[cfg_attr(not(test), allow(dead_code))]
-    released: Arc<std::sync::atomic::AtomicU64>,
     /// The thread's id, once it has lowered its priority (what tests look up).
     #[cfg_attr(not(test), allow(dead_code))]
     thread_id: Arc<std::sync::OnceLock<i32>>,
@@ -142,9 +139,8 @@ const RECLAIMER_NICE: i32 = 19;
 impl MemtableReclaimer {
     fn start() -> MemtableReclaimer {
         let (queue, retired) = std::sync::mpsc::sync_channel::<Arc<lsm_tree::Memtable>>(1);
-        let released = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let thread_id = Arc::new(std::sync::OnceLock::new());
-        let (count, id) = (released.clone(), thread_id.clone());
+        let id = thread_id.clone();
         let spawned = std::thread::Builder::new()
             .name("dynamo:reclaim".into())
             .spawn(move || {
@@ -157,7 +153,6 @@ impl MemtableReclaimer {
                 // Ends when the engine, and with it the queue's sender, is dropped.
                 for memtable in retired {
                     drop(memtable);
-                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 }
             });
         let queue = match spawned {
@@ -167,11 +162,7 @@ impl MemtableReclaimer {
                 None
             }
         };
-        MemtableReclaimer {
-            queue,
-            released,
-            thread_id,
-        }
+        MemtableReclaimer { queue, thread_id }
     }
 
     /// Hands `memtable` to the reclaimer, or frees it here when the reclaimer is busy.
@@ -792,15 +783,19 @@ mod tests {
             .active_memtable()
     }
 
-    fn wait_for_tables(engine: &FjallEngine, tables: usize) {
+    /// Polls `done` until it holds, failing with `what` after 20 s.
+    fn wait_until(what: &str, done: impl Fn() -> bool) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while engine.data_table_count() < tables {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the memtable was never flushed"
-            );
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
+    }
+
+    fn wait_for_tables(engine: &FjallEngine, tables: usize) {
+        wait_until("the memtable was never flushed", || {
+            engine.data_table_count() >= tables
+        });
     }
 
     #[test]
@@ -834,17 +829,9 @@ mod tests {
         // rotation and the engine handed it to its reclaimer, which let go of it: only
         // this test still holds it, so without the test the reclaimer's drop was the
         // last, outside fjall's locks.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while engine
-            .reclaimer
-            .released
-            .load(std::sync::atomic::Ordering::SeqCst)
-            < 1
-        {
-            assert!(std::time::Instant::now() < deadline, "never reclaimed");
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        assert_eq!(Arc::strong_count(&first), 1);
+        wait_until("the reclaimer never let go of the memtable", || {
+            Arc::strong_count(&first) == 1
+        });
         // It runs at the lowest priority, so its frees wait for an idle CPU.
         let tid = *engine
             .reclaimer
