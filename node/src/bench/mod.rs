@@ -15,6 +15,7 @@
 
 #[cfg(feature = "cassandra")]
 mod cassandra;
+mod http;
 mod peers;
 mod target;
 mod zipf;

@@ -8,16 +8,15 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
-use http::Method;
 use serde::Deserialize;
 
+use super::http::Http1Pool;
 use super::target::{Target, TargetError};
-use crate::cli::client::HttpClient;
 use crate::rpc::transport::BoxFuture;
 
 /// One HTTP client per endpoint, one lane each.
 struct Endpoints {
-    clients: Vec<HttpClient>,
+    clients: Vec<Http1Pool>,
 }
 
 impl Endpoints {
@@ -28,12 +27,12 @@ impl Endpoints {
         Ok(Endpoints {
             clients: endpoints
                 .iter()
-                .map(|e| HttpClient::new(e, None, Duration::from_secs(10)))
-                .collect(),
+                .map(|e| Http1Pool::new(e, None, Duration::from_secs(10)))
+                .collect::<Result<_, _>>()?,
         })
     }
 
-    fn client(&self, lane: usize) -> &HttpClient {
+    fn client(&self, lane: usize) -> &Http1Pool {
         &self.clients[lane % self.clients.len()]
     }
 }
@@ -109,17 +108,11 @@ impl EtcdTarget {
         let r = self
             .endpoints
             .client(lane)
-            .request(
-                Method::POST,
-                path,
-                &[("content-type", "application/json".to_string())],
-                body,
-            )
-            .await
-            .map_err(|e| TargetError::Other(e.to_string()))?;
-        if r.status.as_u16() != 200 {
+            .request("POST", path, &[("content-type", "application/json")], &body)
+            .await?;
+        if r.status != 200 {
             return Err(TargetError::Status {
-                status: r.status.as_u16(),
+                status: r.status,
                 body: r.text(),
             });
         }
@@ -205,10 +198,9 @@ impl Target for NginxTarget {
             let r = self
                 .endpoints
                 .client(lane)
-                .request(Method::GET, &nginx_path(key), &[], Bytes::new())
-                .await
-                .map_err(|e| TargetError::Other(e.to_string()))?;
-            match r.status.as_u16() {
+                .request("GET", &nginx_path(key), &[], &[])
+                .await?;
+            match r.status {
                 200 if !r.body.is_empty() => Ok(()),
                 status => Err(TargetError::Status {
                     status,

@@ -8,13 +8,16 @@ use fnv::FnvHashMap;
 use parking_lot::Mutex;
 use thiserror::Error;
 
-use crate::cli::client::HttpClient;
+use super::http::{Http1Pool, HttpError};
+use crate::cli::client::encode_key;
 use crate::rpc::transport::BoxFuture;
 
 #[derive(Debug, Error)]
 pub enum TargetError {
     #[error("the store answered {status}: {body}")]
     Status { status: u16, body: String },
+    #[error(transparent)]
+    Http(#[from] HttpError),
     #[error("{0}")]
     Other(String),
 }
@@ -42,7 +45,7 @@ pub trait Target: Send + Sync + 'static {
 /// real client it remembers the last context it saw per key and writes with it, so
 /// updates replace what the client read instead of piling up siblings.
 pub struct DynamoTarget {
-    clients: Vec<HttpClient>,
+    clients: Vec<Http1Pool>,
     contexts: Vec<Mutex<FnvHashMap<String, String>>>,
     label: String,
 }
@@ -61,8 +64,8 @@ impl DynamoTarget {
         Ok(Arc::new(DynamoTarget {
             clients: endpoints
                 .iter()
-                .map(|e| HttpClient::new(e, token.clone(), Duration::from_secs(10)))
-                .collect(),
+                .map(|e| Http1Pool::new(e, token.clone(), Duration::from_secs(10)))
+                .collect::<Result<_, _>>()?,
             contexts: (0..SHARDS)
                 .map(|_| Mutex::new(FnvHashMap::default()))
                 .collect(),
@@ -70,7 +73,7 @@ impl DynamoTarget {
         }))
     }
 
-    fn client(&self, lane: usize) -> &HttpClient {
+    fn client(&self, lane: usize) -> &Http1Pool {
         &self.clients[lane % self.clients.len()]
     }
 
@@ -98,12 +101,9 @@ impl Target for DynamoTarget {
 
     fn read<'a>(&'a self, lane: usize, key: &'a str) -> BoxFuture<'a, Result<(), TargetError>> {
         Box::pin(async move {
-            let r = self
-                .client(lane)
-                .get(key, "")
-                .await
-                .map_err(|e| TargetError::Other(e.to_string()))?;
-            match r.status.as_u16() {
+            let path = format!("/v1/kv/{}", encode_key(key));
+            let r = self.client(lane).request("GET", &path, &[], &[]).await?;
+            match r.status {
                 200 | 300 | 404 => {
                     self.remember(key, r.header("x-dynamo-context"));
                     Ok(())
@@ -124,12 +124,17 @@ impl Target for DynamoTarget {
     ) -> BoxFuture<'a, Result<(), TargetError>> {
         Box::pin(async move {
             let context = self.shard(key).lock().get(key).cloned();
+            let headers: Vec<(&str, &str)> = context
+                .as_deref()
+                .map(|c| ("x-dynamo-context", c))
+                .into_iter()
+                .collect();
+            let path = format!("/v1/kv/{}", encode_key(key));
             let r = self
                 .client(lane)
-                .put(key, value, context.as_deref(), "")
-                .await
-                .map_err(|e| TargetError::Other(e.to_string()))?;
-            match r.status.as_u16() {
+                .request("PUT", &path, &headers, &value)
+                .await?;
+            match r.status {
                 204 => {
                     self.remember(key, r.header("x-dynamo-context"));
                     Ok(())
