@@ -186,7 +186,16 @@ run_dynamo() {
     kill -0 "$dev" 2>/dev/null || break
     sleep 0.2
   done
-  grep -q "members up" "$dir/dev.out" || { cat "$dir/dev.out" >&2; log "$name did not come up"; return 1; }
+  if ! grep -q "members up" "$dir/dev.out"; then
+    cat "$dir/dev.out" >&2
+    # The members' logs go with the run's temporary directory: show how each ended.
+    local f
+    for f in "$dir"/data/node-*.log; do
+      [ -f "$f" ] && { echo "--- $(basename "$f"), last 20 lines:" >&2; tail -n 20 "$f" >&2; }
+    done
+    log "$name did not come up"
+    return 1
+  fi
   local members
   mapfile -t members < <(pgrep -P "$dev")
   drive "$name" dynamo "127.0.0.1:$dynamo_port,127.0.0.1:$((dynamo_port + 1)),127.0.0.1:$((dynamo_port + 2))" "${members[@]}"
