@@ -205,6 +205,9 @@ impl Http1Pool {
         expect_body: bool,
     ) -> Result<Answer, Failure> {
         c.buf.clear();
+        // Room for a typical answer in one read (the last answer's bytes may still be
+        // shared with its caller, leaving this buffer little capacity of its own).
+        c.buf.reserve(4096);
         if let Err(e) = c.stream.write_all(request).await {
             return Err(Failure::Stale(e.to_string()));
         }
@@ -256,6 +259,9 @@ impl Http1Pool {
             }
             Framing::UntilClose => {
                 loop {
+                    if c.buf.len() > head_len + MAX_BODY {
+                        return Err(self.malformed("body over 64 MiB"));
+                    }
                     match c.stream.read_buf(&mut c.buf).await {
                         Ok(0) => break,
                         Ok(_) => {}
