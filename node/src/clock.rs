@@ -25,7 +25,6 @@
 
 use std::cmp::Ordering;
 
-use base64::Engine as _;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -34,6 +33,22 @@ use thiserror::Error;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct ActorId(pub u64);
+
+impl ActorId {
+    /// The `index`-th stand-in for this actor (the 0th is the actor itself): an actor of
+    /// its own, issued by the same member under the same tenure, so it too only issues dots
+    /// while that member's store holds everything it issued. See [`Object::write`] for
+    /// why a write may need one.
+    pub fn alternate(self, index: u32) -> ActorId {
+        if index == 0 {
+            return self;
+        }
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        h.update(&self.0.to_le_bytes());
+        h.update(&index.to_le_bytes());
+        ActorId(h.digest())
+    }
+}
 
 /// One write event: the `counter`-th event issued by `actor`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -44,11 +59,6 @@ pub struct Dot {
 
 /// Actors a context keeps before pruning.
 pub const MAX_CONTEXT_ENTRIES: usize = 64;
-
-/// Largest encoded context accepted from a client (`X-Dynamo-Context`).
-pub const MAX_CONTEXT_BYTES: usize = 4096;
-
-const CONTEXT_FORMAT_VERSION: u8 = 1;
 
 /// A version vector: for each actor, the highest counter seen. Kept sorted by actor with no
 /// zero entries, so equal vectors are equal values.
@@ -69,12 +79,6 @@ impl Serialize for VersionVector {
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ContextError {
-    #[error("context is not valid base64url")]
-    Base64,
-    #[error("context is longer than {MAX_CONTEXT_BYTES} bytes")]
-    TooLong,
-    #[error("context has unknown format version {0}")]
-    Version(u8),
     #[error("context is malformed: {0}")]
     Malformed(&'static str),
 }
@@ -183,37 +187,6 @@ impl VersionVector {
     pub fn concurrent(&self, other: &VersionVector) -> bool {
         !self.descends(other) && !other.descends(self)
     }
-
-    /// Encodes for the `X-Dynamo-Context` header: base64url (no padding) of a version byte
-    /// followed by the entries.
-    pub fn to_header(&self) -> String {
-        let mut buf = vec![CONTEXT_FORMAT_VERSION];
-        // Encoding into a Vec cannot fail for this type.
-        if let Ok(body) = postcard::to_stdvec(self) {
-            buf.extend_from_slice(&body);
-        }
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)
-    }
-
-    /// Decodes a client-supplied context, rejecting anything malformed.
-    pub fn from_header(s: &str) -> Result<VersionVector, ContextError> {
-        if s.len() > MAX_CONTEXT_BYTES {
-            return Err(ContextError::TooLong);
-        }
-        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(s.trim().as_bytes())
-            .map_err(|_| ContextError::Base64)?;
-        let (&version, body) = raw.split_first().ok_or(ContextError::Malformed("empty"))?;
-        if version != CONTEXT_FORMAT_VERSION {
-            return Err(ContextError::Version(version));
-        }
-        let (vv, rest): (VersionVector, &[u8]) =
-            postcard::take_from_bytes(body).map_err(|_| ContextError::Malformed("bad encoding"))?;
-        if !rest.is_empty() {
-            return Err(ContextError::Malformed("trailing bytes"));
-        }
-        Ok(vv)
-    }
 }
 
 /// How concurrent writes are resolved (per cluster, overridable per request).
@@ -297,17 +270,34 @@ impl Object {
 
     /// Applies a coordinated write: siblings the client's context covers are replaced by
     /// the new one; concurrent siblings stay. Returns the new object and the new dot.
+    ///
+    /// The client is answered with its own context plus the new dot (docs/api.md, "Write
+    /// contexts"), which must cover no sibling that stays beside the new one: the writer
+    /// has not seen those. The context never covers them (that is why they stay), but the
+    /// new dot `actor: k` covers every earlier dot of `actor`, so when a staying sibling
+    /// was issued by the coordinator's actor, the write is issued by the first of the
+    /// actor's [alternates](ActorId::alternate) that no staying sibling uses.
     pub fn write(&self, w: WriteRequest<'_>) -> (Object, Dot) {
+        let staying: Vec<Dot> = match w.mode {
+            ConflictMode::Siblings => self
+                .siblings
+                .iter()
+                .filter(|s| !w.context.contains(s.dot))
+                .map(|s| s.dot)
+                .collect(),
+            ConflictMode::Lww => Vec::new(),
+        };
+        let actor = (0u32..)
+            .map(|i| w.actor.alternate(i))
+            .find(|a| staying.iter().all(|d| d.actor != *a))
+            .unwrap_or(w.actor);
         let counter = self
             .context
-            .get(w.actor)
-            .max(w.context.get(w.actor))
+            .get(actor)
+            .max(w.context.get(actor))
             .max(w.min_counter)
             + 1;
-        let dot = Dot {
-            actor: w.actor,
-            counter,
-        };
+        let dot = Dot { actor, counter };
         let mut siblings: Vec<Sibling> = match w.mode {
             ConflictMode::Siblings => self
                 .siblings
@@ -456,6 +446,16 @@ impl Object {
         }
         Ok(())
     }
+}
+
+/// The context a write answers its client with: what the client's own context covered
+/// plus the write's new version, and nothing else — not the siblings the coordinator held
+/// beside them, which the client has not seen ([`Object::write`] makes sure the new dot
+/// covers none of those).
+pub fn write_context(request: &VersionVector, dot: Dot) -> VersionVector {
+    let mut context = request.clone();
+    context.add(dot);
+    context
 }
 
 fn sibling_order(a: &Sibling, b: &Sibling) -> Ordering {
@@ -615,32 +615,56 @@ mod tests {
         assert!(values(&stale.merge(&fresh, ConflictMode::Siblings)).contains(&"new".to_string()));
     }
 
+    fn write_as(obj: &Object, actor: u64, ctx: &VersionVector, value: &str) -> (Object, Dot) {
+        obj.write(WriteRequest {
+            actor: ActorId(actor),
+            min_counter: 0,
+            context: ctx,
+            value: Some(Bytes::copy_from_slice(value.as_bytes())),
+            timestamp_ms: 0,
+            mode: ConflictMode::Siblings,
+        })
+    }
+
+    /// The sequence from issue 32: a client chaining its own write contexts must not
+    /// replace a sibling another client wrote meanwhile, even when one coordinator (one
+    /// actor) issued every version.
     #[test]
-    fn header_round_trip_and_rejections() {
-        let v = vv(&[(7, 3), (9, 1)]);
-        assert_eq!(VersionVector::from_header(&v.to_header()).unwrap(), v);
-        assert_eq!(VersionVector::from_header("!!!"), Err(ContextError::Base64));
-        assert_eq!(
-            VersionVector::from_header(""),
-            Err(ContextError::Malformed("empty"))
-        );
-        let wrong_version = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([9u8, 0]);
-        assert_eq!(
-            VersionVector::from_header(&wrong_version),
-            Err(ContextError::Version(9))
-        );
-        // Unsorted actors are refused.
-        let mut raw = vec![CONTEXT_FORMAT_VERSION];
-        raw.extend(postcard::to_stdvec(&vec![(ActorId(9), 1u64), (ActorId(7), 1u64)]).unwrap());
-        let unsorted = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
-        assert!(matches!(
-            VersionVector::from_header(&unsorted),
-            Err(ContextError::Malformed(_))
-        ));
-        assert_eq!(
-            VersionVector::from_header(&"A".repeat(MAX_CONTEXT_BYTES + 1)),
-            Err(ContextError::TooLong)
-        );
+    fn a_write_context_covers_only_what_the_writer_saw() {
+        let blind = VersionVector::new();
+        let (o, _) = write_as(&Object::default(), 1, &blind, "a");
+        let c1 = o.context.clone();
+        let (o, _) = write_as(&o, 1, &blind, "b");
+        assert_eq!(values(&o), vec!["a", "b"]);
+        let (o, dot) = write_as(&o, 1, &c1, "c");
+        let mut got = values(&o);
+        got.sort();
+        assert_eq!(got, vec!["b", "c"]);
+        let c2 = write_context(&c1, dot);
+        let (o, _) = write_as(&o, 1, &c2, "d");
+        let mut got = values(&o);
+        got.sort();
+        assert_eq!(got, vec!["b", "d"], "b was never seen by the writer");
+    }
+
+    /// Two clients each chain 100 writes with the contexts their writes answered, all
+    /// through one coordinator: exactly one sibling per client at the end.
+    #[test]
+    fn two_chaining_writers_keep_one_sibling_each() {
+        let mut obj = Object::default();
+        let mut ctx = [VersionVector::new(), VersionVector::new()];
+        for i in 0..100 {
+            for (c, ctx) in ctx.iter_mut().enumerate() {
+                let (next, dot) = write_as(&obj, 7, ctx, &format!("c{c}-{i}"));
+                obj = next;
+                *ctx = write_context(ctx, dot);
+            }
+        }
+        let mut got = values(&obj);
+        got.sort();
+        assert_eq!(got, vec!["c0-99", "c1-99"]);
+        // Each client's context stays small: one alternate actor per concurrent sibling.
+        assert!(ctx.iter().all(|c| c.len() <= 2), "{ctx:?}");
     }
 
     #[test]
@@ -663,7 +687,8 @@ mod tests {
         /// The coordinating replica is the actor, as in the node.
         Write {
             replica: usize,
-            ctx_from: Option<usize>,
+            ctx_from: CtxFrom,
+            client: usize,
         },
         Sync {
             from: usize,
@@ -671,10 +696,30 @@ mod tests {
         },
     }
 
+    /// Where a write's context comes from.
+    #[derive(Clone, Copy, Debug)]
+    enum CtxFrom {
+        Blind,
+        /// A read of this replica.
+        Read(usize),
+        /// The context the client's own previous write answered with.
+        Chain,
+    }
+
     fn step() -> impl Strategy<Value = Step> {
+        let ctx_from = prop_oneof![
+            Just(CtxFrom::Blind),
+            (0..3usize).prop_map(CtxFrom::Read),
+            Just(CtxFrom::Chain),
+        ];
         prop_oneof![
-            (0..3usize, proptest::option::of(0..3usize))
-                .prop_map(|(replica, ctx_from)| Step::Write { replica, ctx_from }),
+            (0..3usize, ctx_from, 0..3usize).prop_map(|(replica, ctx_from, client)| {
+                Step::Write {
+                    replica,
+                    ctx_from,
+                    client,
+                }
+            }),
             (0..3usize, 0..3usize).prop_map(|(from, to)| Step::Sync { from, to }),
         ]
     }
@@ -686,13 +731,22 @@ mod tests {
         // Ground truth: the set of write dots each replica's state has causally seen.
         let mut seen: Vec<Vec<Dot>> = vec![Vec::new(); 3];
         let mut writes = Vec::new();
+        // Each client's context as its last write answered it (`write_context`), and the
+        // dots that client has really seen.
+        let mut chains: Vec<(VersionVector, Vec<Dot>)> =
+            vec![(VersionVector::new(), Vec::new()); 3];
         let mut seq = 0u64;
         for (t, s) in history.iter().enumerate() {
             match *s {
-                Step::Write { replica, ctx_from } => {
+                Step::Write {
+                    replica,
+                    ctx_from,
+                    client,
+                } => {
                     let (ctx, ctx_seen) = match ctx_from {
-                        Some(r) => (replicas[r].context.clone(), seen[r].clone()),
-                        None => (VersionVector::new(), Vec::new()),
+                        CtxFrom::Read(r) => (replicas[r].context.clone(), seen[r].clone()),
+                        CtxFrom::Blind => (VersionVector::new(), Vec::new()),
+                        CtxFrom::Chain => chains[client].clone(),
                     };
                     seq += 1;
                     let (obj, dot) = replicas[replica].write(WriteRequest {
@@ -704,6 +758,9 @@ mod tests {
                         mode: ConflictMode::Siblings,
                     });
                     replicas[replica] = obj;
+                    let mut chained_seen = ctx_seen.clone();
+                    chained_seen.push(dot);
+                    chains[client] = (write_context(&ctx, dot), chained_seen);
                     let mut past: Vec<Dot> = ctx_seen;
                     past.sort();
                     past.dedup();
@@ -796,11 +853,6 @@ mod tests {
             }
             prop_assert!(next.siblings.iter().any(|t| t.dot == dot));
             prop_assert_eq!(next.siblings.len(), obj.siblings.iter().filter(|s| !ctx.contains(s.dot)).count() + 1);
-        }
-
-        #[test]
-        fn header_decoder_never_panics(s in ".{0,200}") {
-            let _ = VersionVector::from_header(&s);
         }
     }
 }

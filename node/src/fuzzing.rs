@@ -5,6 +5,7 @@
 //! "does not panic": what decodes must re-encode to something that decodes to the same
 //! value, and a view a peer could send, once accepted, must be usable without panicking.
 
+use crate::api::context::ContextCodec;
 use crate::clock::{Object, VersionVector};
 use crate::membership::{GossipDelta, GossipDigest, GossipPush};
 use crate::rpc::frame::{self, Frame};
@@ -25,22 +26,34 @@ pub fn rpc_frame(data: &[u8]) {
     assert_eq!(frame, again, "frame round trip changed the frame");
 }
 
-/// A causal context from the `x-dynamo-context` header.
+/// The token the fuzz targets' contexts are signed with.
+pub const FUZZ_CLUSTER_TOKEN: &[u8] = b"fuzz-cluster-token";
+
+/// A causal context from the `x-dynamo-context` header. The input is tried as a header
+/// as it came, and its bytes also as the body of a genuinely signed context, so the fuzzer
+/// reaches the decoding behind the signature check too.
 pub fn context(data: &[u8]) {
-    let Ok(text) = std::str::from_utf8(data) else {
-        return;
-    };
-    let Ok(vv) = VersionVector::from_header(text) else {
-        return;
-    };
-    let again = VersionVector::from_header(&vv.to_header());
-    assert_eq!(
-        again.ok().as_ref(),
-        Some(&vv),
-        "context round trip changed it"
-    );
-    // Contexts are merged into the stored clock: merging must be idempotent.
-    assert_eq!(vv.merged(&vv), vv);
+    let codec = ContextCodec::new(&[FUZZ_CLUSTER_TOKEN.to_vec()]);
+    let key = b"fuzzed-key";
+    let mut decoded = Vec::new();
+    if let Ok(text) = std::str::from_utf8(data)
+        && let Ok(vv) = codec.decode(key, text)
+    {
+        decoded.push(vv);
+    }
+    if let Ok(vv) = codec.decode(key, &codec.sign_body_for_fuzzing(data)) {
+        decoded.push(vv);
+    }
+    for vv in decoded {
+        let again = codec.decode(key, &codec.encode(key, &vv));
+        assert_eq!(
+            again.ok().as_ref(),
+            Some(&vv),
+            "context round trip changed it"
+        );
+        // Contexts are merged into the stored clock: merging must be idempotent.
+        assert_eq!(vv.merged(&vv), vv);
+    }
 }
 
 /// A key record as read from disk.
@@ -137,7 +150,7 @@ fn harness() -> &'static HttpHarness {
         config.settings.partitions = 64;
         config.request_timeout = std::time::Duration::from_millis(300);
         config.limits.max_value_bytes = 64 << 10;
-        let token = "fuzz-cluster-token".to_string();
+        let token = String::from_utf8_lossy(FUZZ_CLUSTER_TOKEN).into_owned();
         config.cluster_token = crate::config::Secret::new(&token);
         let node = runtime.block_on(async {
             let node = crate::node::Node::start(
@@ -348,7 +361,8 @@ pub fn seed_inputs() -> Vec<(&'static str, Vec<u8>)> {
         actor: ActorId(u64::MAX),
         counter: 1,
     });
-    seeds.push(("context", vv.to_header().into_bytes()));
+    let codec = ContextCodec::new(&[FUZZ_CLUSTER_TOKEN.to_vec()]);
+    seeds.push(("context", codec.encode(b"fuzzed-key", &vv).into_bytes()));
 
     let settings = ClusterSettings {
         partitions: 16,
@@ -379,7 +393,7 @@ pub fn seed_inputs() -> Vec<(&'static str, Vec<u8>)> {
         }
     }
 
-    let context = vv.to_header();
+    let context = codec.encode(b"greeting", &vv);
     for (selector, path, query, headers, body) in [
         (
             &[1u8, 0][..],

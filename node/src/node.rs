@@ -86,6 +86,8 @@ pub struct Node {
     pub tls: Option<Tls>,
     /// Client requests allowed in flight (see `Limits::max_inflight_requests`).
     pub request_permits: Arc<tokio::sync::Semaphore>,
+    /// Signs the causal contexts handed to clients and checks those they send back.
+    pub contexts: crate::api::context::ContextCodec,
     shutdown: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// The peer server stops last (see [`Node::shutdown`]).
@@ -270,6 +272,7 @@ impl Node {
             http_addr,
             peer_addr,
             tls: tls.clone(),
+            contexts: crate::api::context::ContextCodec::new(&config.cluster_secrets()),
             request_permits: Arc::new(tokio::sync::Semaphore::new(
                 config.limits.max_inflight_requests,
             )),

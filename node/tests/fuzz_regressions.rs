@@ -32,7 +32,8 @@ fn seeds_are_valid_inputs() {
             "rpc_frame" => assert!(dynamo::rpc::frame::decode(input).is_ok()),
             "record" => assert!(dynamo::storage::decode_record(input).is_ok()),
             "context" => assert!(
-                dynamo::clock::VersionVector::from_header(std::str::from_utf8(input).unwrap())
+                dynamo::api::context::ContextCodec::new(&[fuzzing::FUZZ_CLUSTER_TOKEN.to_vec()])
+                    .decode(b"fuzzed-key", std::str::from_utf8(input).unwrap())
                     .is_ok()
             ),
             _ => {}

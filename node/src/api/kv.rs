@@ -2,12 +2,19 @@
 //!
 //! * The key is the rest of the path, percent-decoded; it must be valid UTF-8, non-empty
 //!   and at most the key limit.
-//! * `X-Dynamo-Context` carries the causal context: GET returns it, PUT and DELETE take the
-//!   one from the read they follow (absent = a blind write) and return the new one.
+//! * `X-Dynamo-Context` carries the causal context (signed, see [`super::context`]): GET
+//!   returns it, PUT and DELETE take the one from the read they follow and return one that
+//!   covers what that context covered plus the new version — never a sibling the writer
+//!   was not shown.
+//! * A PUT without a context is a blind write: it adds a sibling beside what is there.
+//!   `PUT ?overwrite=true` replaces what the key holds now (the coordinator reads at R and
+//!   writes with that read's context), and so does a DELETE without a context; both answer
+//!   `X-Dynamo-Replaced: <live values replaced>`. A DELETE that finds no value answers 404.
 //! * A GET with several concurrent values answers `300 Multiple Choices` with a JSON body
 //!   `{"context": "...", "siblings": [{"value": "<base64>", "timestamp_ms": n}, ...]}`;
 //!   writing with that context replaces them all.
-//! * Query parameters: `r`, `w` (1..=N) override the quorums; `conflicts=siblings|lww`.
+//! * Query parameters: `r`, `w` (1..=N) override the quorums; `conflicts=siblings|lww`;
+//!   `overwrite=true|false` (PUT). Any other parameter is refused (`400 bad_query`).
 
 use std::time::Instant;
 
@@ -19,7 +26,8 @@ use hyper::body::Incoming;
 use serde::Serialize;
 
 use super::{ApiError, Body, json_response, read_body};
-use crate::clock::{ConflictMode, Dot, Object, VersionVector};
+use crate::api::context::ContextCodec;
+use crate::clock::{ConflictMode, Dot, Object, VersionVector, write_context};
 use crate::node::Node;
 use crate::replication::{ClientOp, ClientRequest, ClientResponse, RefusalCode};
 
@@ -120,6 +128,7 @@ struct Options {
     r: Option<usize>,
     w: Option<usize>,
     conflicts: Option<ConflictMode>,
+    overwrite: bool,
 }
 
 fn parse_options(query: Option<&str>, n: usize) -> Result<Options, ApiError> {
@@ -127,6 +136,7 @@ fn parse_options(query: Option<&str>, n: usize) -> Result<Options, ApiError> {
         r: None,
         w: None,
         conflicts: None,
+        overwrite: false,
     };
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -150,15 +160,43 @@ fn parse_options(query: Option<&str>, n: usize) -> Result<Options, ApiError> {
                     ApiError::new(StatusCode::BAD_REQUEST, "bad_conflicts", e)
                 })?)
             }
-            _ => {}
+            "overwrite" => {
+                opts.overwrite = match value {
+                    "true" | "1" | "" => true,
+                    "false" | "0" => false,
+                    other => {
+                        return Err(ApiError::new(
+                            StatusCode::BAD_REQUEST,
+                            "bad_query",
+                            format!("overwrite={other:?} must be true or false"),
+                        ));
+                    }
+                }
+            }
+            // A misspelt parameter (`rr=3`) silently ignored would leave the client
+            // believing it asked for something it did not get.
+            other => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_query",
+                    format!(
+                        "unknown query parameter {other:?}; the parameters are r, w, conflicts and overwrite"
+                    ),
+                ));
+            }
         }
     }
     Ok(opts)
 }
 
-fn parse_context(req: &Request<Incoming>) -> Result<VersionVector, ApiError> {
+/// The context the client sent with a write of `key`, `None` if it sent none.
+fn parse_context(
+    req: &Request<Incoming>,
+    codec: &ContextCodec,
+    key: &[u8],
+) -> Result<Option<VersionVector>, ApiError> {
     match req.headers().get(CONTEXT_HEADER) {
-        None => Ok(VersionVector::new()),
+        None => Ok(None),
         Some(v) => {
             let s = v.to_str().map_err(|_| {
                 ApiError::new(
@@ -167,7 +205,9 @@ fn parse_context(req: &Request<Incoming>) -> Result<VersionVector, ApiError> {
                     "the context header is not ASCII",
                 )
             })?;
-            VersionVector::from_header(s)
+            codec
+                .decode(key, s)
+                .map(Some)
                 .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_context", e.to_string()))
         }
     }
@@ -249,7 +289,14 @@ async fn handle_op(
                     format!("the value exceeds the limit of {limit} bytes"),
                 ));
             }
-            let context = parse_context(&req)?;
+            let context = parse_context(&req, &node.contexts, &key)?;
+            if context.is_some() && opts.overwrite {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_query",
+                    "overwrite=true replaces what the key holds now; it cannot be combined with a context, which says what to replace",
+                ));
+            }
             // A client that sends its body slowly cannot hold the request open forever.
             let value = tokio::time::timeout(
                 node.config.request_timeout,
@@ -263,10 +310,18 @@ async fn handle_op(
                     "the request body did not arrive in time",
                 )
             })??;
-            ClientOp::Put { value, context }
+            match context {
+                Some(context) => ClientOp::Put { value, context },
+                None if opts.overwrite => ClientOp::Replace { value: Some(value) },
+                None => ClientOp::Put {
+                    value,
+                    context: VersionVector::new(),
+                },
+            }
         }
-        Method::DELETE => ClientOp::Delete {
-            context: parse_context(&req)?,
+        Method::DELETE => match parse_context(&req, &node.contexts, &key)? {
+            Some(context) => ClientOp::Delete { context },
+            None => ClientOp::Replace { value: None },
         },
         _ => {
             return Err(ApiError::new(
@@ -276,8 +331,12 @@ async fn handle_op(
             ));
         }
     };
+    let sent_context = match &op {
+        ClientOp::Put { context, .. } | ClientOp::Delete { context } => context.clone(),
+        ClientOp::Get | ClientOp::Replace { .. } => VersionVector::new(),
+    };
     let request = ClientRequest {
-        key,
+        key: key.clone(),
         op,
         r: opts.r,
         w: opts.w,
@@ -293,24 +352,62 @@ async fn handle_op(
                 "the request did not complete in time",
             )
         })?;
-    render(response)
+    render(&node.contexts, &key, &sent_context, response)
 }
 
-fn render(response: ClientResponse) -> Result<Response<Body>, ApiError> {
+/// A write's 204: the context it answers covers `seen` (what the client's context covered,
+/// or what the coordinator read for it) plus the new version, and nothing else.
+fn render_written(
+    codec: &ContextCodec,
+    key: &[u8],
+    seen: &VersionVector,
+    dot: Dot,
+    acks: u32,
+    w: u32,
+) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    let context = write_context(seen, dot);
+    set_header(&mut resp, CONTEXT_HEADER, &codec.encode(key, &context));
+    set_header(&mut resp, "x-dynamo-version", &format_dot(dot));
+    set_header(&mut resp, "x-dynamo-acks", &acks.to_string());
+    set_header(&mut resp, "x-dynamo-w", &w.to_string());
+    resp
+}
+
+fn render(
+    codec: &ContextCodec,
+    key: &[u8],
+    sent_context: &VersionVector,
+    response: ClientResponse,
+) -> Result<Response<Body>, ApiError> {
     match response {
-        ClientResponse::Read { object, replies, r } => Ok(render_read(&object, replies, r)),
-        ClientResponse::Written {
-            object,
+        ClientResponse::Read { object, replies, r } => {
+            Ok(render_read(codec, key, &object, replies, r))
+        }
+        ClientResponse::Written { dot, acks, w, .. } => {
+            Ok(render_written(codec, key, sent_context, dot, acks, w))
+        }
+        ClientResponse::Replaced {
             dot,
             acks,
             w,
+            context,
+            replaced,
+            ..
         } => {
-            let mut resp = Response::new(Full::new(Bytes::new()));
-            *resp.status_mut() = StatusCode::NO_CONTENT;
-            set_header(&mut resp, "x-dynamo-context", &object.context.to_header());
-            set_header(&mut resp, "x-dynamo-version", &format_dot(dot));
-            set_header(&mut resp, "x-dynamo-acks", &acks.to_string());
-            set_header(&mut resp, "x-dynamo-w", &w.to_string());
+            let mut resp = render_written(codec, key, &context, dot, acks, w);
+            set_header(&mut resp, "x-dynamo-replaced", &replaced.to_string());
+            Ok(resp)
+        }
+        ClientResponse::NothingToReplace => {
+            let mut resp = ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no value for this key; nothing was deleted",
+            )
+            .into_response();
+            set_header(&mut resp, "x-dynamo-replaced", "0");
             Ok(resp)
         }
         ClientResponse::Unavailable {
@@ -339,8 +436,14 @@ fn render(response: ClientResponse) -> Result<Response<Body>, ApiError> {
     }
 }
 
-fn render_read(object: &Object, replies: u32, r: u32) -> Response<Body> {
-    let context = object.context.to_header();
+fn render_read(
+    codec: &ContextCodec,
+    key: &[u8],
+    object: &Object,
+    replies: u32,
+    r: u32,
+) -> Response<Body> {
+    let context = codec.encode(key, &object.context);
     let values: Vec<_> = object.values().collect();
     let mut resp = match values.as_slice() {
         [] => {
@@ -432,6 +535,19 @@ mod tests {
             parse_options(Some("r=x"), 3).err().unwrap().code,
             "bad_quorum"
         );
+        assert!(parse_options(Some("overwrite=true"), 3).unwrap().overwrite);
+        assert!(!parse_options(Some("overwrite=false"), 3).unwrap().overwrite);
+        assert!(!parse_options(None, 3).unwrap().overwrite);
+        assert_eq!(
+            parse_options(Some("overwrite=maybe"), 3)
+                .err()
+                .unwrap()
+                .code,
+            "bad_query"
+        );
+        let unknown = parse_options(Some("rr=3"), 3).err().unwrap();
+        assert_eq!(unknown.code, "bad_query");
+        assert!(unknown.message.contains("rr"), "{}", unknown.message);
         assert_eq!(
             parse_options(Some("conflicts=maybe"), 3)
                 .err()

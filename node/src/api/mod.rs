@@ -4,6 +4,7 @@
 //! Every error is a JSON body `{"code": "...", "message": "..."}` with a stable `code`.
 
 mod admin;
+pub mod context;
 pub mod kv;
 
 use std::convert::Infallible;

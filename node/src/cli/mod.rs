@@ -417,9 +417,14 @@ pub struct PutArgs {
     pub value: Option<String>,
     #[arg(long, conflicts_with = "value")]
     pub file: Option<PathBuf>,
-    /// Causal context from a previous get (omit for a blind write).
-    #[arg(long)]
+    /// Causal context from a previous get: replace exactly the versions that read showed.
+    /// Without it (and without --blind) the value replaces whatever the key holds now.
+    #[arg(long, conflicts_with = "blind")]
     pub context: Option<String>,
+    /// Write beside what the key holds (a new sibling) instead of replacing it.
+    #[arg(long)]
+    pub blind: bool,
+    /// Write quorum for this request (1..=N).
     #[arg(long)]
     pub w: Option<usize>,
     #[command(flatten)]
@@ -429,8 +434,11 @@ pub struct PutArgs {
 #[derive(Args, Debug)]
 pub struct DeleteArgs {
     pub key: String,
+    /// Causal context from a previous get: delete exactly the versions that read showed.
+    /// Without it the versions the key holds now are deleted.
     #[arg(long)]
     pub context: Option<String>,
+    /// Write quorum for this request (1..=N).
     #[arg(long)]
     pub w: Option<usize>,
     #[command(flatten)]
@@ -835,15 +843,21 @@ async fn put(args: PutArgs) -> Result<i32> {
             Bytes::from(buf)
         }
     };
+    // Without a context a put replaces what the key holds now (the server reads it first),
+    // as people expect of `put`; --blind keeps the old value beside the new one.
+    let mut query: Vec<String> = args.w.map(|w| format!("w={w}")).into_iter().collect();
+    if args.context.is_none() && !args.blind {
+        query.push("overwrite=true".into());
+    }
+    let query = if query.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", query.join("&"))
+    };
     let reply = args
         .endpoint
         .client()?
-        .put(
-            &args.key,
-            value,
-            args.context.as_deref(),
-            &quorum_query("w", args.w),
-        )
+        .put(&args.key, value, args.context.as_deref(), &query)
         .await?;
     report_write(&reply)
 }
@@ -864,7 +878,10 @@ async fn delete(args: DeleteArgs) -> Result<i32> {
 fn report_write(reply: &Reply) -> Result<i32> {
     if reply.status.is_success() {
         let acks = reply.header("x-dynamo-acks").unwrap_or("?");
-        out!("ok (acknowledged by {acks} replicas)")?;
+        match reply.header("x-dynamo-replaced") {
+            Some(n) => out!("ok (replaced {n} version(s); acknowledged by {acks} replicas)")?,
+            None => out!("ok (acknowledged by {acks} replicas)")?,
+        }
         if let Some(ctx) = reply.header("x-dynamo-context") {
             out!("context: {ctx}")?;
         }

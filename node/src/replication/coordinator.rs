@@ -146,6 +146,19 @@ impl Replicator {
                 {
                     return resp;
                 }
+                if let ClientOp::Replace { value } = request.op {
+                    return self
+                        .replace(
+                            &view,
+                            p,
+                            request.key,
+                            value,
+                            request.r,
+                            request.w,
+                            request.conflicts,
+                        )
+                        .await;
+                }
                 self.coordinate_write(&view, p, request).await
             }
         }
@@ -187,6 +200,70 @@ impl Replicator {
         None
     }
 
+    /// Reads the key at R and writes `value` with the read's context (see
+    /// [`ClientOp::Replace`]).
+    #[allow(clippy::too_many_arguments)]
+    async fn replace(
+        self: &Arc<Self>,
+        view: &Arc<ClusterView>,
+        p: PartitionId,
+        key: Bytes,
+        value: Option<Bytes>,
+        r: Option<usize>,
+        w: Option<usize>,
+        conflicts: Option<ConflictMode>,
+    ) -> ClientResponse {
+        let read = ClientRequest {
+            key: key.clone(),
+            op: ClientOp::Get,
+            r,
+            w,
+            conflicts,
+        };
+        let (context, replaced) = match self.coordinate_read(view, p, read).await {
+            ClientResponse::Read { object, .. } => {
+                let live = object.values().count() as u32;
+                (object.context, live)
+            }
+            other => return other,
+        };
+        if value.is_none() && replaced == 0 {
+            return ClientResponse::NothingToReplace;
+        }
+        let op = match value {
+            Some(value) => ClientOp::Put {
+                value,
+                context: context.clone(),
+            },
+            None => ClientOp::Delete {
+                context: context.clone(),
+            },
+        };
+        let write = ClientRequest {
+            key,
+            op,
+            r,
+            w,
+            conflicts,
+        };
+        match self.coordinate_write(view, p, write).await {
+            ClientResponse::Written {
+                object,
+                dot,
+                acks,
+                w,
+            } => ClientResponse::Replaced {
+                object,
+                dot,
+                acks,
+                w,
+                context,
+                replaced,
+            },
+            other => other,
+        }
+    }
+
     async fn coordinate_write(
         self: &Arc<Self>,
         view: &Arc<ClusterView>,
@@ -199,7 +276,7 @@ impl Replicator {
         let (value, context) = match request.op {
             ClientOp::Put { value, context } => (Some(value), context),
             ClientOp::Delete { context } => (None, context),
-            ClientOp::Get => {
+            ClientOp::Get | ClientOp::Replace { .. } => {
                 return ClientResponse::Refused {
                     code: RefusalCode::Storage,
                     message: "not a write".into(),
@@ -242,10 +319,12 @@ impl Replicator {
         let (object, dot, durable) = match stored {
             Ok(o) => o,
             Err(StorageError::TooManySiblings { count, max }) => {
+                // `count` includes the sibling this write would have added.
                 return ClientResponse::Refused {
                     code: RefusalCode::TooManySiblings,
                     message: format!(
-                        "the key has {count} siblings, more than the limit of {max}: read it and write back with the merged context"
+                        "the key has {} siblings and a write beside them would exceed the limit of {max}: read it and write back with the read's context (or overwrite it with ?overwrite=true)",
+                        count.saturating_sub(1)
                     ),
                 };
             }

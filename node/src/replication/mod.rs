@@ -41,6 +41,13 @@ pub enum ClientOp {
     Delete {
         context: VersionVector,
     },
+    /// Replaces what the key holds now: the coordinator reads it at R and writes `value`
+    /// (`None`: a tombstone) with the context of that read, as Riak's client does for a
+    /// delete without a vclock. A concurrent write the read did not see stays a sibling.
+    /// (Added after `Put`/`Delete` so their encoding, which older members speak, is kept.)
+    Replace {
+        value: Option<Bytes>,
+    },
 }
 
 impl ClientOp {
@@ -49,6 +56,8 @@ impl ClientOp {
             ClientOp::Get => "get",
             ClientOp::Put { .. } => "put",
             ClientOp::Delete { .. } => "delete",
+            ClientOp::Replace { value: Some(_) } => "put",
+            ClientOp::Replace { value: None } => "delete",
         }
     }
 }
@@ -76,6 +85,18 @@ pub enum ClientResponse {
     },
     /// The request was refused without effect.
     Refused { code: RefusalCode, message: String },
+    /// A [`ClientOp::Replace`] reached its quorum: `context` is the context of the read it
+    /// replaced, which held `replaced` live values.
+    Replaced {
+        object: Object,
+        dot: Dot,
+        acks: u32,
+        w: u32,
+        context: VersionVector,
+        replaced: u32,
+    },
+    /// A [`ClientOp::Replace`] of a delete found no live value: nothing was written.
+    NothingToReplace,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
