@@ -10,6 +10,11 @@ for tool in curl jq git; do
 done
 # cc: Rust links with it; disk.rs also builds an LD_PRELOAD shim with it.
 command -v cc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
+# node/tests/partition.rs: network namespaces and links (ip), partitions (nft). Both live
+# in /usr/sbin, which a non-root PATH may lack.
+has_sbin_tool() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }
+has_sbin_tool ip || need_apt+=(iproute2)
+has_sbin_tool nft || need_apt+=(nftables)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

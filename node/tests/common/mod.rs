@@ -33,6 +33,9 @@ pub struct Member {
     /// Extra environment of the member's process.
     pub env: Vec<(String, String)>,
     pub token: String,
+    /// A command the member's binary runs under, such as `ip netns exec <namespace>` (it
+    /// execs the binary, so the child's pid is the member's); empty: the binary itself.
+    pub launcher: Vec<String>,
 }
 
 impl Member {
@@ -129,6 +132,7 @@ impl Cluster {
             extra: self.opts.extra.clone(),
             env: Vec::new(),
             token: TOKEN.to_string(),
+            launcher: Vec::new(),
         });
     }
 
@@ -147,7 +151,14 @@ impl Cluster {
             .append(true)
             .open(m.log())
             .expect("log file");
-        let mut cmd = Command::new(binary());
+        let mut cmd = match m.launcher.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(binary());
+                cmd
+            }
+            None => Command::new(binary()),
+        };
         cmd.arg("node")
             .arg(format!("--id={}", m.id))
             .arg(format!("--listen={}", m.http()))
