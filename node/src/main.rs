@@ -21,7 +21,7 @@ fn main() {
             return 0;
         }
         eprintln!("error: {e:#}");
-        dynamo::cli::EXIT_ERROR
+        dynamo::cli::exit_code_for_error(&e)
     });
     std::process::exit(code);
 }

@@ -46,6 +46,7 @@ pub struct Metrics {
     pub rpc_errors: IntCounterVec,
     pub auth_failures: IntCounterVec,
     pub rejected: IntCounterVec,
+    pub build_info: IntGaugeVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -97,7 +98,7 @@ impl Metrics {
         )
         .unwrap_or_else(|e| panic!("gauge: {e}"));
         register(&r, Box::new(members.clone()));
-        Metrics {
+        let metrics = Metrics {
             requests: counter_vec(
                 &r,
                 "dynamo_requests_total",
@@ -205,7 +206,7 @@ impl Metrics {
             storage_bytes: gauge(
                 &r,
                 "dynamo_storage_bytes",
-                "Bytes used by the storage engine.",
+                "Bytes the member's data directory takes on disk (allocated blocks, as du counts them).",
             ),
             storage_keys: gauge(
                 &r,
@@ -236,7 +237,73 @@ impl Metrics {
                 "Requests refused before processing.",
                 &["reason"],
             ),
+            build_info: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "dynamo_build_info",
+                        "Always 1; the label is the version of the running binary.",
+                    ),
+                    &["version"],
+                )
+                .unwrap_or_else(|e| panic!("gauge: {e}"));
+                register(&r, Box::new(g.clone()));
+                g
+            },
             registry: r,
+        };
+        metrics
+            .build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        metrics.export_known_labels();
+        metrics
+    }
+
+    /// Creates every label combination known in advance, at zero, so that a counter is
+    /// exported before its first event (a dashboard shows 0, not "no data", and `rate()`
+    /// sees the first increment). Error codes and kinds that are rare stay out until they
+    /// happen.
+    fn export_known_labels(&self) {
+        for op in ["get", "put", "delete"] {
+            self.request_duration.with_label_values(&[op]);
+            self.requests.with_label_values(&[op, "ok"]);
+            self.requests.with_label_values(&[op, "unavailable"]);
+        }
+        for status in ["not_found", "siblings"] {
+            self.requests.with_label_values(&["get", status]);
+        }
+        for op in ["read", "write"] {
+            self.quorum_failures.with_label_values(&[op]);
+        }
+        for op in ["read", "write", "hint"] {
+            self.replica_requests.with_label_values(&[op]);
+        }
+        for reason in ["failed", "slow"] {
+            self.extra_reads.with_label_values(&[reason]);
+        }
+        for result in ["in_sync", "repaired", "failed"] {
+            self.ae_exchanges.with_label_values(&[result]);
+        }
+        for state in ["joining", "up", "leaving", "removed", "down"] {
+            self.members.with_label_values(&[state]);
+        }
+        for kind in [
+            "unreachable",
+            "timeout",
+            "closed",
+            "auth",
+            "codec",
+            "remote",
+            "unexpected",
+            "bad_frame",
+        ] {
+            self.rpc_errors.with_label_values(&[kind]);
+        }
+        for api in ["client", "admin"] {
+            self.auth_failures.with_label_values(&[api]);
+        }
+        for reason in ["overload", "connections", "tls", "headers"] {
+            self.rejected.with_label_values(&[reason]);
         }
     }
 
@@ -270,5 +337,29 @@ mod tests {
             text.contains("dynamo_request_duration_seconds_bucket{op=\"get\",le=\"0.0008\"} 1")
         );
         assert_eq!(latency_buckets().len(), 17);
+    }
+
+    #[test]
+    fn every_metric_has_a_sample_before_its_first_event() {
+        let text = Metrics::new().render();
+        let families: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+        assert!(families.len() > 25, "{families:?}");
+        for family in families {
+            assert!(
+                text.lines()
+                    .any(|l| !l.starts_with('#') && l.starts_with(family)),
+                "{family} has no sample:\n{text}"
+            );
+        }
+        assert!(text.contains("dynamo_requests_total{op=\"get\",status=\"ok\"} 0"));
+        assert!(text.contains("dynamo_members{state=\"down\"} 0"));
+        assert!(text.contains(&format!(
+            "dynamo_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )));
     }
 }

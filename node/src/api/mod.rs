@@ -29,6 +29,19 @@ pub type Body = Full<Bytes>;
 /// Headers must arrive within this time (slow clients cannot hold connections forever).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A request's header section may hold at most this many fields and bytes; more is
+/// answered `431` with the JSON error.
+pub const MAX_HEADER_FIELDS: usize = 100;
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// Header fields HTTP/1.1 parses before answering `431` itself, with an empty body. Above
+/// [`MAX_HEADER_FIELDS`] so that most oversized requests reach [`route`] and get the JSON
+/// error; hyper's buffer limit (about 400 KiB of headers) still applies.
+const PARSED_HEADER_FIELDS: usize = 4 * MAX_HEADER_FIELDS;
+
+/// The methods `/v1/kv/{key}` serves, as the `Allow` header lists them.
+pub const KV_METHODS: &str = "GET, HEAD, PUT, POST, DELETE";
+
 /// A JSON error response.
 #[derive(Debug, Serialize)]
 pub struct ApiError {
@@ -40,6 +53,9 @@ pub struct ApiError {
     pub acks: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub needed: Option<u32>,
+    /// For `405`: the methods the resource serves (the `Allow` header).
+    #[serde(skip)]
+    pub allow: Option<&'static str>,
 }
 
 impl ApiError {
@@ -50,12 +66,29 @@ impl ApiError {
             message: message.into(),
             acks: None,
             needed: None,
+            allow: None,
+        }
+    }
+
+    /// `405` for a method `resource` does not serve, listing the ones it does.
+    pub fn method_not_allowed(method: &Method, resource: &str, allow: &'static str) -> Self {
+        ApiError {
+            allow: Some(allow),
+            ..ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{resource} does not serve {method}; use one of {allow}"),
+            )
         }
     }
 
     pub fn into_response(self) -> Response<Body> {
         let status = self.status;
         let mut resp = json_response(status, &self);
+        if let Some(allow) = self.allow {
+            resp.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -155,9 +188,45 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// `431` when the request's header section is over [`MAX_HEADER_FIELDS`] or
+/// [`MAX_HEADER_BYTES`].
+fn check_header_size(headers: &http::HeaderMap) -> Result<(), ApiError> {
+    let bytes: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if headers.len() > MAX_HEADER_FIELDS || bytes > MAX_HEADER_BYTES {
+        return Err(ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!(
+                "the request has {} header fields of {bytes} bytes; the limit is {MAX_HEADER_FIELDS} fields and {MAX_HEADER_BYTES} bytes",
+                headers.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn is_kv_method(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::PUT | Method::POST | Method::DELETE
+    )
+}
+
 async fn route(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
-    let result = if let Some(key) = path.strip_prefix("/v1/kv/") {
+    let result = if let Err(e) = check_header_size(req.headers()) {
+        node.metrics.rejected.with_label_values(&["headers"]).inc();
+        Err(e)
+    } else if path.starts_with("/v1/kv/") && !is_kv_method(req.method()) {
+        Err(ApiError::method_not_allowed(
+            req.method(),
+            "/v1/kv/{key}",
+            KV_METHODS,
+        ))
+    } else if let Some(key) = path.strip_prefix("/v1/kv/") {
         // Bounded work in flight: past the limit, shed load with a retryable 503 rather
         // than queue without bound.
         match node.request_permits.clone().try_acquire_owned() {
@@ -217,6 +286,7 @@ pub async fn serve(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
+        .max_headers(PARSED_HEADER_FIELDS)
         .keep_alive(true);
     builder
         .http2()

@@ -1,12 +1,13 @@
 //! The `dynamo` command line: `node` runs a member, `dev` a local cluster, and the client
 //! verbs talk to a member's HTTP API.
 //!
-//! Exit codes scripts can rely on: 0 success, 1 error, 2 bad usage, 3 key not found,
-//! 4 quorum not reached / member unavailable, 5 refused (conflict, bad request),
-//! 6 authentication failed.
+//! Exit codes scripts can rely on (also in `dynamo --help` and docs/cli.md): see
+//! [`EXIT_CODES_HELP`].
 
 pub mod client;
+pub mod config;
 mod dev;
+mod output;
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -47,16 +48,51 @@ pub fn is_broken_pipe(error: &anyhow::Error) -> bool {
 }
 
 pub const EXIT_ERROR: i32 = 1;
+/// Given by clap for bad usage (an unknown flag, a missing argument).
+pub const EXIT_USAGE: i32 = 2;
 pub const EXIT_NOT_FOUND: i32 = 3;
 pub const EXIT_UNAVAILABLE: i32 = 4;
 pub const EXIT_REFUSED: i32 = 5;
 pub const EXIT_AUTH: i32 = 6;
+pub const EXIT_SIBLINGS: i32 = 7;
+
+/// The exit codes, as `dynamo --help` shows them.
+pub const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0  success
+  1  error (anything not below)
+  2  bad usage (unknown flag, missing argument)
+  3  key not found
+  4  unavailable: quorum not reached, member unreachable, not ready, or timed out
+  5  refused: conflict or bad request (4xx other than 401/403/404)
+  6  authentication failed (missing or wrong token)
+  7  `get` found concurrent values (siblings); all are printed
+
+Client verbs find their member through --endpoint, else DYNAMO_ENDPOINT, else the client
+config `dynamo dev` writes ($XDG_CONFIG_HOME/dynamo/client.json), else 127.0.0.1:8080.";
+
+/// The exit code for an error that ended a command: unreachable members and timeouts are
+/// [`EXIT_UNAVAILABLE`], everything else [`EXIT_ERROR`].
+pub fn exit_code_for_error(error: &anyhow::Error) -> i32 {
+    let unreachable = error.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<client::ClientError>(),
+            Some(client::ClientError::Unreachable { .. } | client::ClientError::Timeout)
+        )
+    });
+    if unreachable {
+        EXIT_UNAVAILABLE
+    } else {
+        EXIT_ERROR
+    }
+}
 
 #[derive(Parser, Debug)]
 #[command(
     name = "dynamo",
     version,
     about = "A Dynamo-style distributed key-value store.",
+    after_help = EXIT_CODES_HELP,
     propagate_version = true
 )]
 pub struct Cli {
@@ -104,7 +140,8 @@ pub enum Command {
     Node(Box<NodeArgs>),
     /// Run a local cluster of real member processes on loopback (Ctrl-C stops it).
     Dev(dev::DevArgs),
-    /// Read a key.
+    /// Read a key: the value on standard output; concurrent values (siblings) each with
+    /// its version, exit code 7.
     Get(GetArgs),
     /// Write a key (value from the argument, --file, or standard input).
     Put(PutArgs),
@@ -112,6 +149,10 @@ pub enum Command {
     Delete(DeleteArgs),
     /// List the cluster's members as one member sees them.
     Members(AdminArgs),
+    /// One line per member: state, liveness, partitions owned, hints and handoffs pending.
+    Status(AdminArgs),
+    /// Check that a member answers and is ready to serve (exit code 4 when not).
+    Ping(PingArgs),
     /// Show the ring: epoch, settings, ownership and balance.
     Ring(AdminArgs),
     /// Add a member to the cluster (it must be running with --seeds pointing at the cluster).
@@ -364,15 +405,12 @@ pub struct NodeArgs {
 
 #[derive(Args, Debug)]
 pub struct Endpoint {
-    /// A member's HTTP address.
-    #[arg(
-        long,
-        short = 'e',
-        env = "DYNAMO_ENDPOINT",
-        default_value = "127.0.0.1:8080"
-    )]
-    pub endpoint: String,
-    /// Bearer token (the cluster token for admin verbs; the client token if one is set).
+    /// A member's HTTP address (`host:port`, `http://…` or `https://…`) [default: the client
+    /// config that `dynamo dev` writes, else 127.0.0.1:8080].
+    #[arg(long, short = 'e', env = "DYNAMO_ENDPOINT")]
+    pub endpoint: Option<String>,
+    /// Bearer token (the cluster token for admin verbs; the client token if one is set)
+    /// [default: the client config's token, when its endpoint is used].
     #[arg(long, env = "DYNAMO_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Request timeout in milliseconds.
@@ -381,15 +419,30 @@ pub struct Endpoint {
     /// CA certificate (PEM) to verify an `https://` endpoint.
     #[arg(long, env = "DYNAMO_CA")]
     pub ca: Option<PathBuf>,
+    /// The client config file [default: $XDG_CONFIG_HOME/dynamo/client.json, else
+    /// ~/.config/dynamo/client.json].
+    #[arg(long, env = "DYNAMO_CLIENT_CONFIG")]
+    pub client_config: Option<PathBuf>,
 }
 
 impl Endpoint {
+    /// The endpoint and token after flags, environment and the client config file.
+    fn resolve(&self) -> Result<(String, Option<String>)> {
+        let file = match self.client_config.clone().or_else(config::default_path) {
+            // The file is read only when it could matter.
+            Some(path) if self.endpoint.is_none() => config::ClientConfig::load(&path)?,
+            _ => config::ClientConfig::default(),
+        };
+        Ok(config::resolve(
+            self.endpoint.as_deref(),
+            self.token.as_deref(),
+            &file,
+        ))
+    }
+
     fn client(&self) -> Result<HttpClient> {
-        let client = HttpClient::new(
-            &self.endpoint,
-            self.token.clone(),
-            Duration::from_millis(self.timeout_ms),
-        );
+        let (endpoint, token) = self.resolve()?;
+        let client = HttpClient::new(&endpoint, token, Duration::from_millis(self.timeout_ms));
         match &self.ca {
             Some(ca) => Ok(client.with_ca(ca)?),
             None => Ok(client),
@@ -399,15 +452,20 @@ impl Endpoint {
 
 #[derive(Args, Debug)]
 pub struct GetArgs {
+    /// The key to read.
     pub key: String,
     #[command(flatten)]
     pub endpoint: Endpoint,
-    /// Read quorum for this request.
+    /// Read quorum for this request (1..=N) [default: the cluster's R].
     #[arg(long)]
     pub r: Option<usize>,
     /// Print the causal context to standard error (to pass to a later put).
     #[arg(long)]
     pub show_context: bool,
+    /// `table`: the value as it is (siblings listed with their versions); `json`: the
+    /// value(s) with versions and context, base64 when not UTF-8.
+    #[arg(long, short = 'o', value_enum, default_value = "table")]
+    pub output: output::OutputFormat,
 }
 
 #[derive(Args, Debug)]
@@ -449,23 +507,40 @@ pub struct DeleteArgs {
 pub struct AdminArgs {
     #[command(flatten)]
     pub endpoint: Endpoint,
+    /// `table` for people, `json` (snake_case keys) for scripts.
+    #[arg(long, short = 'o', value_enum, default_value = "table")]
+    pub output: output::OutputFormat,
+}
+
+#[derive(Args, Debug)]
+pub struct PingArgs {
+    #[command(flatten)]
+    pub endpoint: Endpoint,
 }
 
 #[derive(Args, Debug)]
 pub struct JoinArgs {
     /// The member to add [default: the member at --endpoint itself].
     pub member: Option<String>,
+    /// Relative share of partitions the member should own [default: 1].
     #[arg(long)]
     pub weight: Option<u32>,
     #[command(flatten)]
     pub endpoint: Endpoint,
+    /// `table` for people, `json` (snake_case keys) for scripts.
+    #[arg(long, short = 'o', value_enum, default_value = "table")]
+    pub output: output::OutputFormat,
 }
 
 #[derive(Args, Debug)]
 pub struct LeaveArgs {
+    /// The member to decommission.
     pub member: String,
     #[command(flatten)]
     pub endpoint: Endpoint,
+    /// `table` for people, `json` (snake_case keys) for scripts.
+    #[arg(long, short = 'o', value_enum, default_value = "table")]
+    pub output: output::OutputFormat,
 }
 
 /// Runs a parsed command; returns the process exit code.
@@ -476,9 +551,11 @@ pub async fn run(cli: Cli) -> Result<i32> {
         Command::Get(args) => get(args).await,
         Command::Put(args) => put(args).await,
         Command::Delete(args) => delete(args).await,
-        Command::Members(args) => admin_show(&args.endpoint, "/v1/cluster/members").await,
-        Command::Ring(args) => ring(&args.endpoint).await,
-        Command::Handoffs(args) => admin_show(&args.endpoint, "/v1/cluster/handoffs").await,
+        Command::Members(args) => members(&args).await,
+        Command::Status(args) => status(&args).await,
+        Command::Ping(args) => ping(&args.endpoint).await,
+        Command::Ring(args) => ring(&args).await,
+        Command::Handoffs(args) => handoffs(&args).await,
         Command::Join(args) => {
             let mut body = serde_json::json!({});
             if let Some(m) = &args.member {
@@ -487,13 +564,14 @@ pub async fn run(cli: Cli) -> Result<i32> {
             if let Some(w) = args.weight {
                 body["weight"] = w.into();
             }
-            admin_post(&args.endpoint, "/v1/cluster/join", body).await
+            admin_post(&args.endpoint, "/v1/cluster/join", body, args.output).await
         }
         Command::Leave(args) => {
             admin_post(
                 &args.endpoint,
                 &format!("/v1/cluster/leave/{}", args.member),
                 serde_json::json!({}),
+                args.output,
             )
             .await
         }
@@ -736,9 +814,14 @@ pub fn node_config(args: &NodeArgs) -> Result<NodeConfig> {
     Ok(config)
 }
 
+/// The log filter without `RUST_LOG`: this member's info lines, the storage engine's
+/// (fjall, lsm-tree) only from warn on: their info lines (every flush, compaction and
+/// journal rotation) drowned the member's own.
+pub const DEFAULT_LOG_FILTER: &str = "info,fjall=warn,lsm_tree=warn";
+
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -753,9 +836,31 @@ pub fn init_logging(format: LogFormat) {
 async fn run_node(args: NodeArgs) -> Result<i32> {
     init_logging(args.log_format);
     let config = node_config(&args)?;
-    let engine =
-        FjallEngine::open_with_threads(&config.data_dir, config.cache_bytes, config.engine_threads)
-            .with_context(|| format!("opening {}", config.data_dir.display()))?;
+    // Before the data directory is created or opened: a member that cannot serve should
+    // leave no empty data directory behind. (The member binds for real after opening its
+    // data; this only finds a port that is already taken.)
+    for (what, addr) in [("HTTP", &config.listen), ("peer", &config.peer_listen)] {
+        if let Err(e) = std::net::TcpListener::bind(addr.as_str()) {
+            bail!("cannot listen for {what} on {addr}: {e} (is another member running there?)");
+        }
+    }
+    let engine = FjallEngine::open_with_threads(
+        &config.data_dir,
+        config.cache_bytes,
+        config.engine_threads,
+    )
+    .map_err(|e| match e {
+        // fjall's lock on its directory: another process has it open.
+        crate::storage::StorageError::Engine(message) if message.ends_with("Locked") => {
+            anyhow::anyhow!(
+                "data directory {} is in use by another process (a member already runs with it)",
+                config.data_dir.display()
+            )
+        }
+        other => {
+            anyhow::Error::new(other).context(format!("opening {}", config.data_dir.display()))
+        }
+    })?;
     let node = Node::start(config, Env::production(0), Arc::new(engine)).await?;
     wait_for_signal().await;
     tracing::info!("shutting down");
@@ -808,6 +913,7 @@ fn quorum_query(name: &str, v: Option<usize>) -> String {
 }
 
 async fn get(args: GetArgs) -> Result<i32> {
+    use output::{OutputFormat, readable_value};
     let reply = args
         .endpoint
         .client()?
@@ -818,14 +924,81 @@ async fn get(args: GetArgs) -> Result<i32> {
     {
         eprintln!("context: {ctx}");
     }
-    match reply.status {
-        StatusCode::OK => {
+    let context = reply.header("x-dynamo-context").unwrap_or_default();
+    match (reply.status, args.output) {
+        (StatusCode::OK, OutputFormat::Table) => {
             std::io::stdout().write_all(&reply.body)?;
             Ok(0)
         }
-        StatusCode::MULTIPLE_CHOICES => {
-            out!("{}", reply.text())?;
+        (StatusCode::OK, OutputFormat::Json) => {
+            let (encoding, value) = readable_value(&reply.body);
+            let body = serde_json::json!({
+                "key": args.key,
+                "context": context,
+                "versions": reply.header("x-dynamo-versions").unwrap_or_default(),
+                "siblings": [{ "value": value, "encoding": encoding }],
+            });
+            out!("{}", serde_json::to_string_pretty(&body)?)?;
             Ok(0)
+        }
+        (StatusCode::MULTIPLE_CHOICES, format) => {
+            let Some(json) = reply.json() else {
+                bail!("the member answered 300 with a body that is not JSON")
+            };
+            let mut siblings = Vec::new();
+            for s in json["siblings"].as_array().into_iter().flatten() {
+                let raw = base64::Engine::decode(
+                    &base64::engine::general_purpose::STANDARD,
+                    s["value"].as_str().unwrap_or_default(),
+                )
+                .context("a sibling's value is not base64")?;
+                let (encoding, value) = readable_value(&raw);
+                siblings.push(serde_json::json!({
+                    "value": value,
+                    "encoding": encoding,
+                    "version": s["version"],
+                    "timestamp_ms": s["timestamp_ms"],
+                }));
+            }
+            let tombstones = json["tombstones"].clone();
+            match format {
+                OutputFormat::Json => {
+                    let body = serde_json::json!({
+                        "key": args.key,
+                        "context": json["context"],
+                        "siblings": siblings,
+                        "tombstones": tombstones,
+                    });
+                    out!("{}", serde_json::to_string_pretty(&body)?)?;
+                }
+                OutputFormat::Table => {
+                    out!(
+                        "{} has {} concurrent values (siblings); a put with this context replaces them all:",
+                        args.key,
+                        siblings.len()
+                    )?;
+                    out!("context: {}", json["context"].as_str().unwrap_or_default())?;
+                    for (i, s) in siblings.iter().enumerate() {
+                        let marked = if s["encoding"] == "base64" {
+                            " (not UTF-8, base64)"
+                        } else {
+                            ""
+                        };
+                        out!(
+                            "--- sibling {} of {}: version {}, timestamp_ms {}{marked}",
+                            i + 1,
+                            siblings.len(),
+                            output::cell(&s["version"]),
+                            output::cell(&s["timestamp_ms"]),
+                        )?;
+                        out!("{}", s["value"].as_str().unwrap_or_default())?;
+                    }
+                    for t in tombstones.as_array().into_iter().flatten() {
+                        out!("--- deleted concurrently: version {}", output::cell(t))?;
+                    }
+                }
+            }
+            Ok(EXIT_SIBLINGS)
         }
         _ => Ok(exit_code(&reply)),
     }
@@ -890,32 +1063,336 @@ fn report_write(reply: &Reply) -> Result<i32> {
     Ok(exit_code(reply))
 }
 
-async fn admin_show(endpoint: &Endpoint, path: &str) -> Result<i32> {
-    let reply = endpoint.client()?.admin_get(path).await?;
-    if reply.status.is_success() {
-        out!("{}", reply.text())?;
-        return Ok(0);
+/// Fields of admin answers that are maps keyed by member or partition: their keys are data
+/// and keep their spelling in `-o json`.
+const DATA_MAPS: &[&str] = &["hintsHeld", "pendingByMember", "roots"];
+
+/// An admin GET's JSON, or the exit code of its failure (already reported).
+async fn admin_json(client: &HttpClient, path: &str) -> Result<Result<serde_json::Value, i32>> {
+    let reply = client.admin_get(path).await?;
+    if !reply.status.is_success() {
+        return Ok(Err(exit_code(&reply)));
     }
-    Ok(exit_code(&reply))
+    match reply.json() {
+        Some(json) => Ok(Ok(json)),
+        None => bail!("the member answered {path} with something that is not JSON"),
+    }
 }
 
-async fn admin_post(endpoint: &Endpoint, path: &str, body: serde_json::Value) -> Result<i32> {
+fn print_json(json: serde_json::Value) -> Result<i32> {
+    let snake = output::snake_keys(json, DATA_MAPS);
+    out!("{}", serde_json::to_string_pretty(&snake)?)?;
+    Ok(0)
+}
+
+async fn members(args: &AdminArgs) -> Result<i32> {
+    let json = match admin_json(&args.endpoint.client()?, "/v1/cluster/members").await? {
+        Ok(json) => json,
+        Err(code) => return Ok(code),
+    };
+    if args.output == output::OutputFormat::Json {
+        return print_json(json);
+    }
+    let observer = output::cell(&json["member"]);
+    out!(
+        "as {observer} sees them (claimant {}, view version {})",
+        output::cell(&json["claimant"]),
+        output::cell(&json["viewVersion"])
+    )?;
+    let rows: Vec<Vec<String>> = json["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            let id = m["id"].as_str().unwrap_or_default();
+            vec![
+                id.to_string(),
+                output::cell(&m["status"]),
+                output::cell(&m["alive"]),
+                output::cell(&m["httpAddr"]),
+                output::cell(&m["peerAddr"]),
+                output::cell(&m["weight"]),
+                output::cell(&m["partitionsOwned"]),
+                output::cell(&m["pullsPending"]),
+                json["hintsHeld"]
+                    .get(id)
+                    .map_or_else(|| "0".to_string(), output::cell),
+            ]
+        })
+        .collect();
+    let hints_header = format!("HINTS AT {observer}");
+    write!(
+        std::io::stdout(),
+        "{}",
+        output::table(
+            &[
+                "ID",
+                "STATUS",
+                "ALIVE",
+                "HTTP",
+                "PEER",
+                "WEIGHT",
+                "PARTITIONS",
+                "PULLS PENDING",
+                hints_header.as_str(),
+            ],
+            &rows
+        )
+    )?;
+    Ok(0)
+}
+
+/// `dynamo status`: the member list of one member, with each member's own count of the
+/// hints it holds (asked of it; `?` when it does not answer).
+async fn status(args: &AdminArgs) -> Result<i32> {
+    let client = args.endpoint.client()?;
+    let json = match admin_json(&client, "/v1/cluster/members").await? {
+        Ok(json) => json,
+        Err(code) => return Ok(code),
+    };
+    let scheme = if client.endpoint().starts_with("https://") {
+        "https"
+    } else {
+        "http"
+    };
+    let (_, token) = args.endpoint.resolve()?;
+    let mut lines = Vec::new();
+    for m in json["members"].as_array().into_iter().flatten() {
+        let http = m["httpAddr"].as_str().unwrap_or_default();
+        let mut member_client = HttpClient::new(
+            &format!("{scheme}://{http}"),
+            token.clone(),
+            Duration::from_millis(args.endpoint.timeout_ms.min(3000)),
+        );
+        if let Some(ca) = &args.endpoint.ca {
+            member_client = member_client.with_ca(ca)?;
+        }
+        // A member that is down does not answer; its hints are unknown, not zero.
+        let hints = match m["alive"].as_bool() {
+            Some(true) => member_client
+                .admin_get("/v1/cluster/members")
+                .await
+                .ok()
+                .filter(|r| r.status.is_success())
+                .and_then(|r| r.json())
+                .and_then(|j| {
+                    j["hintsHeld"].as_object().map(|h| {
+                        h.values()
+                            .filter_map(serde_json::Value::as_u64)
+                            .sum::<u64>()
+                    })
+                }),
+            _ => None,
+        };
+        lines.push(serde_json::json!({
+            "id": m["id"],
+            "state": m["status"],
+            "alive": m["alive"],
+            "partitions_owned": m["partitionsOwned"],
+            "hints_pending": hints,
+            "handoffs_pending": m["pullsPending"],
+            "http_addr": m["httpAddr"],
+        }));
+    }
+    if args.output == output::OutputFormat::Json {
+        return print_json(serde_json::json!({ "members": lines }));
+    }
+    let rows: Vec<Vec<String>> = lines
+        .iter()
+        .map(|l| {
+            vec![
+                output::cell(&l["id"]),
+                output::cell(&l["state"]),
+                output::cell(&l["alive"]),
+                output::cell(&l["partitions_owned"]),
+                if l["hints_pending"].is_null() {
+                    "?".to_string()
+                } else {
+                    output::cell(&l["hints_pending"])
+                },
+                output::cell(&l["handoffs_pending"]),
+                output::cell(&l["http_addr"]),
+            ]
+        })
+        .collect();
+    write!(
+        std::io::stdout(),
+        "{}",
+        output::table(
+            &[
+                "ID",
+                "STATE",
+                "ALIVE",
+                "PARTITIONS",
+                "HINTS PENDING",
+                "HANDOFFS PENDING",
+                "HTTP",
+            ],
+            &rows
+        )
+    )?;
+    Ok(0)
+}
+
+/// `dynamo ping`: is the member up (`/healthz`) and ready (`/readyz`)?
+async fn ping(endpoint: &Endpoint) -> Result<i32> {
+    let client = endpoint.client()?;
+    let started = std::time::Instant::now();
+    let health = client.admin_get("/healthz").await?;
+    let took = started.elapsed();
+    if !health.status.is_success() {
+        eprintln!(
+            "{} is not healthy ({}): {}",
+            client.endpoint(),
+            health.status,
+            health.text().trim()
+        );
+        return Ok(EXIT_UNAVAILABLE);
+    }
+    let ready = client.admin_get("/readyz").await?;
+    if ready.status.is_success() {
+        out!(
+            "{} answers and is ready ({:.1} ms)",
+            client.endpoint(),
+            took.as_secs_f64() * 1000.0
+        )?;
+        return Ok(0);
+    }
+    let reason = ready
+        .json()
+        .and_then(|j| j["message"].as_str().map(str::to_string))
+        .unwrap_or_else(|| ready.text());
+    eprintln!(
+        "{} answers but is not ready: {}",
+        client.endpoint(),
+        reason.trim()
+    );
+    Ok(EXIT_UNAVAILABLE)
+}
+
+async fn handoffs(args: &AdminArgs) -> Result<i32> {
+    let json = match admin_json(&args.endpoint.client()?, "/v1/cluster/handoffs").await? {
+        Ok(json) => json,
+        Err(code) => return Ok(code),
+    };
+    if args.output == output::OutputFormat::Json {
+        return print_json(json);
+    }
+    if json["inTransition"].as_bool() == Some(true) {
+        out!(
+            "ownership moving from ring epoch {} to {}: {} partitions still to receive",
+            output::cell(&json["baseEpoch"]),
+            output::cell(&json["epoch"]),
+            output::cell(&json["pending"])
+        )?;
+    } else {
+        out!(
+            "settled at ring epoch {}: nothing to hand off",
+            output::cell(&json["epoch"])
+        )?;
+    }
+    let rows: Vec<Vec<String>> = json["pendingByMember"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(id, n)| vec![id.clone(), output::cell(n)])
+        .collect();
+    write!(
+        std::io::stdout(),
+        "{}",
+        output::table(&["MEMBER", "PARTITIONS TO RECEIVE"], &rows)
+    )?;
+    let local = &json["local"];
+    let partitions: Vec<&serde_json::Value> = local["partitions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .collect();
+    let waiting: Vec<String> = local["awaiting_ack"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(output::cell)
+        .collect();
+    if !waiting.is_empty() {
+        out!(
+            "this member waits for {} to acknowledge the new ring",
+            waiting.join(", ")
+        )?;
+    }
+    let open: Vec<Vec<String>> = partitions
+        .iter()
+        .filter(|p| p["state"] != "done")
+        .map(|p| {
+            vec![
+                output::cell(&p["partition"]),
+                p["from"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(output::cell)
+                    .collect::<Vec<_>>()
+                    .join(","),
+                output::cell(&p["state"]),
+                output::cell(&p["keys"]),
+                output::cell(&p["bytes"]),
+                output::cell(&p["error"]),
+            ]
+        })
+        .collect();
+    if !open.is_empty() {
+        out!(
+            "this member's pulls ({} of {} done):",
+            partitions.len() - open.len(),
+            partitions.len()
+        )?;
+        write!(
+            std::io::stdout(),
+            "{}",
+            output::table(
+                &["PARTITION", "FROM", "STATE", "KEYS", "BYTES", "ERROR"],
+                &open
+            )
+        )?;
+    }
+    Ok(0)
+}
+
+async fn admin_post(
+    endpoint: &Endpoint,
+    path: &str,
+    body: serde_json::Value,
+    format: output::OutputFormat,
+) -> Result<i32> {
     let reply = endpoint.client()?.admin_post(path, body).await?;
-    if reply.status.is_success() {
-        out!("{}", reply.text())?;
-        return Ok(0);
-    }
-    Ok(exit_code(&reply))
-}
-
-async fn ring(endpoint: &Endpoint) -> Result<i32> {
-    let reply = endpoint.client()?.admin_get("/v1/cluster/ring").await?;
     if !reply.status.is_success() {
         return Ok(exit_code(&reply));
     }
-    let Some(json) = reply.json() else {
-        bail!("the member answered with something that is not JSON")
+    let json = reply.json().unwrap_or_default();
+    if format == output::OutputFormat::Json {
+        return print_json(json);
+    }
+    let member = output::cell(&json["member"]);
+    match json["status"].as_str() {
+        Some("accepted") => out!(
+            "{member}: join accepted; partitions move to it now (`dynamo handoffs` shows progress)"
+        )?,
+        Some("leaving") => out!(
+            "{member}: leaving; it hands off its partitions, then leaves (`dynamo handoffs` shows progress)"
+        )?,
+        _ => out!("{}", reply.text())?,
+    }
+    Ok(0)
+}
+
+async fn ring(args: &AdminArgs) -> Result<i32> {
+    let json = match admin_json(&args.endpoint.client()?, "/v1/cluster/ring").await? {
+        Ok(json) => json,
+        Err(code) => return Ok(code),
     };
+    if args.output == output::OutputFormat::Json {
+        return print_json(json);
+    }
     out!(
         "epoch {}  (base {}{})  partitions {}  N/R/W {}/{}/{}  conflicts {}",
         json["epoch"],
@@ -932,22 +1409,54 @@ async fn ring(endpoint: &Endpoint) -> Result<i32> {
         json["settings"]["conflicts"].as_str().unwrap_or("?"),
     )?;
     out!(
-        "balance {}..{} partitions per member, spacing violations {}",
+        "balance {}..{} partitions per member",
         json["balance"][0],
         json["balance"][1],
-        json["spacingViolations"]
     )?;
-    if let Some(members) = json["members"].as_array() {
-        for m in members {
-            out!(
-                "  {:<24} weight {:<4} partitions {}",
-                m["id"].as_str().unwrap_or("?"),
-                m["weight"],
-                m["partitions"]
-            )?;
-        }
-    }
+    out!(
+        "{}",
+        spacing_note(
+            json["spacingViolations"].as_u64().unwrap_or(0),
+            json["spacingFeasible"].as_bool().unwrap_or(true),
+            json["settings"]["n"].as_u64().unwrap_or(0),
+        )
+    )?;
+    let rows: Vec<Vec<String>> = json["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            vec![
+                output::cell(&m["id"]),
+                output::cell(&m["weight"]),
+                output::cell(&m["partitions"]),
+            ]
+        })
+        .collect();
+    write!(
+        std::io::stdout(),
+        "{}",
+        output::table(&["MEMBER", "WEIGHT", "PARTITIONS"], &rows)
+    )?;
     Ok(0)
+}
+
+/// What the count of spacing violations means (docs/ring.md, "When spacing is infeasible").
+fn spacing_note(violations: u64, feasible: bool, n: u64) -> String {
+    match (violations, feasible) {
+        (0, _) => format!("spacing: every {n} consecutive partitions have {n} distinct owners"),
+        (v, false) => format!(
+            "spacing: {v} windows of {n} consecutive partitions repeat an owner. Expected: with \
+             these partitions, members and weights no ring can space them all (e.g. {n} or \
+             fewer members). Replicas are unaffected: each key's preference list skips repeats \
+             and still reaches min(N, members) distinct members (docs/ring.md)"
+        ),
+        (v, true) => format!(
+            "spacing: {v} windows of {n} consecutive partitions repeat an owner although a \
+             spaced ring exists; the next ring change can remove them. Replicas still go to \
+             distinct members further along the ring (docs/ring.md)"
+        ),
+    }
 }
 
 #[cfg(test)]

@@ -87,6 +87,9 @@ pub struct Handoff {
     progress: Mutex<Progress>,
     /// Members the last check found not to have acknowledged the target ring.
     awaiting_ack: Mutex<Vec<MemberId>>,
+    /// Target epoch whose completion was last logged: the check runs every 500 ms and
+    /// says "done" once per ring change, not on every round.
+    logged_done: Mutex<Option<u64>>,
 }
 
 fn resume_key(base: u64, p: PartitionId) -> Vec<u8> {
@@ -110,6 +113,7 @@ impl Handoff {
                 partitions: BTreeMap::new(),
             }),
             awaiting_ack: Mutex::new(Vec::new()),
+            logged_done: Mutex::new(None),
         })
     }
 
@@ -305,7 +309,8 @@ impl Handoff {
                 s.synced_epoch = target;
             }
         });
-        if pending == 0 {
+        let newly_done = pending == 0 && self.logged_done.lock().replace(target) != Some(target);
+        if newly_done {
             tracing::info!(
                 epoch = target,
                 partitions = duties.len(),

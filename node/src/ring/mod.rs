@@ -28,9 +28,17 @@ pub fn key_hash(key: &[u8]) -> u64 {
 }
 
 /// A member's identity: a short printable name, stable across restarts (e.g. a pod name).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// Its `Debug` form is the plain name too: logs print `peer=m2` (and `[m1, m2]` for a
+/// list), not `MemberId("m2")`.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct MemberId(pub String);
+
+impl fmt::Debug for MemberId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
 impl MemberId {
     pub fn new(id: impl Into<String>) -> Self {
@@ -345,6 +353,14 @@ pub fn spacing_violations<T: PartialEq>(owners: &[T], n: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn member_ids_print_as_their_plain_name() {
+        let ids = vec![MemberId::new("m1"), MemberId::new("m2")];
+        assert_eq!(format!("{:?}", ids[1]), "m2");
+        assert_eq!(format!("{ids:?}"), "[m1, m2]");
+        assert_eq!(format!("{:?}", Some(&ids[0])), "Some(m1)");
+    }
 
     fn ring_of(owners: &[&str]) -> Ring {
         let mut ids: Vec<&str> = owners.to_vec();
