@@ -46,6 +46,7 @@ pub struct Metrics {
     pub rpc_errors: IntCounterVec,
     pub auth_failures: IntCounterVec,
     pub rejected: IntCounterVec,
+    pub corrupt_records: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -97,6 +98,16 @@ impl Metrics {
         )
         .unwrap_or_else(|e| panic!("gauge: {e}"));
         register(&r, Box::new(members.clone()));
+        let corrupt_records = counter_vec(
+            &r,
+            "dynamo_corrupt_records_total",
+            "Stored records that failed to decode, by kind (data, hint, meta, merkle): skipped, moved aside, and restored from the replicas.",
+            &["kind"],
+        );
+        // Exported from the start, so an alert on an increase sees the first one.
+        for kind in crate::storage::CorruptKind::ALL {
+            corrupt_records.with_label_values(&[kind.as_str()]);
+        }
         Metrics {
             requests: counter_vec(
                 &r,
@@ -236,6 +247,7 @@ impl Metrics {
                 "Requests refused before processing.",
                 &["reason"],
             ),
+            corrupt_records,
             registry: r,
         }
     }
@@ -270,5 +282,13 @@ mod tests {
             text.contains("dynamo_request_duration_seconds_bucket{op=\"get\",le=\"0.0008\"} 1")
         );
         assert_eq!(latency_buckets().len(), 17);
+        for kind in ["data", "hint", "meta", "merkle"] {
+            assert!(
+                text.contains(&format!(
+                    "dynamo_corrupt_records_total{{kind=\"{kind}\"}} 0"
+                )),
+                "{text}"
+            );
+        }
     }
 }
