@@ -189,6 +189,38 @@ impl Default for Limits {
     }
 }
 
+/// Limits on connections to the peer (RPC) port. They hold before a connection has proven
+/// the cluster secret, so a process that can merely reach the port cannot exhaust the
+/// member's memory or file descriptors (see docs/security.md).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerLimits {
+    /// Open peer connections, authenticated or not; more are closed on accept. Members
+    /// keep one connection to each other member, so a cluster needs about its size.
+    pub max_connections: usize,
+    /// Open peer connections from one source address; more are closed on accept.
+    pub max_connections_per_ip: usize,
+    /// Time from accept to a completed handshake (TLS included); a connection that has
+    /// not proven the cluster secret by then is closed.
+    pub handshake_timeout: Duration,
+}
+
+/// Default of [`PeerLimits::max_connections`].
+pub const DEFAULT_MAX_PEER_CONNECTIONS: usize = 1024;
+/// Default of [`PeerLimits::max_connections_per_ip`].
+pub const DEFAULT_MAX_PEER_CONNECTIONS_PER_IP: usize = 64;
+/// Default of [`PeerLimits::handshake_timeout`], in milliseconds.
+pub const DEFAULT_PEER_HANDSHAKE_TIMEOUT_MS: u64 = 5000;
+
+impl Default for PeerLimits {
+    fn default() -> Self {
+        PeerLimits {
+            max_connections: DEFAULT_MAX_PEER_CONNECTIONS,
+            max_connections_per_ip: DEFAULT_MAX_PEER_CONNECTIONS_PER_IP,
+            handshake_timeout: Duration::from_millis(DEFAULT_PEER_HANDSHAKE_TIMEOUT_MS),
+        }
+    }
+}
+
 /// Everything one member needs to run.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
@@ -222,6 +254,7 @@ pub struct NodeConfig {
     /// Used only when this member bootstraps the cluster.
     pub settings: ClusterSettings,
     pub limits: Limits,
+    pub peer_limits: PeerLimits,
     pub gossip_interval: Duration,
     pub failure_detector: FailureDetector,
     /// Wait for a replica before fallbacks stand in for it; its answer counts until the
@@ -272,6 +305,7 @@ impl NodeConfig {
             client_tokens: Vec::new(),
             settings: ClusterSettings::default(),
             limits: Limits::default(),
+            peer_limits: PeerLimits::default(),
             gossip_interval: Duration::from_secs(1),
             failure_detector: FailureDetector::default(),
             replica_timeout: Duration::from_millis(1000),

@@ -47,6 +47,7 @@ pub struct Metrics {
     pub auth_failures: IntCounterVec,
     pub rejected: IntCounterVec,
     pub build_info: IntGaugeVec,
+    pub corrupt_records: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -98,6 +99,16 @@ impl Metrics {
         )
         .unwrap_or_else(|e| panic!("gauge: {e}"));
         register(&r, Box::new(members.clone()));
+        let corrupt_records = counter_vec(
+            &r,
+            "dynamo_corrupt_records_total",
+            "Stored records that failed to decode, by kind (data, hint, meta, merkle): skipped, moved aside, and restored from the replicas.",
+            &["kind"],
+        );
+        // Exported from the start, so an alert on an increase sees the first one.
+        for kind in crate::storage::CorruptKind::ALL {
+            corrupt_records.with_label_values(&[kind.as_str()]);
+        }
         let metrics = Metrics {
             requests: counter_vec(
                 &r,
@@ -249,6 +260,7 @@ impl Metrics {
                 register(&r, Box::new(g.clone()));
                 g
             },
+            corrupt_records,
             registry: r,
         };
         metrics
@@ -302,7 +314,13 @@ impl Metrics {
         for api in ["client", "admin"] {
             self.auth_failures.with_label_values(&[api]);
         }
-        for reason in ["overload", "connections", "tls", "headers"] {
+        for reason in [
+            "overload",
+            "connections",
+            "peer_connections",
+            "tls",
+            "headers",
+        ] {
             self.rejected.with_label_values(&[reason]);
         }
     }
@@ -337,6 +355,14 @@ mod tests {
             text.contains("dynamo_request_duration_seconds_bucket{op=\"get\",le=\"0.0008\"} 1")
         );
         assert_eq!(latency_buckets().len(), 17);
+        for kind in ["data", "hint", "meta", "merkle"] {
+            assert!(
+                text.contains(&format!(
+                    "dynamo_corrupt_records_total{{kind=\"{kind}\"}} 0"
+                )),
+                "{text}"
+            );
+        }
     }
 
     #[test]

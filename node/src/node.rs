@@ -20,7 +20,7 @@ use crate::rpc::server::{self, Handler, ServerContext};
 use crate::rpc::tls::Tls;
 use crate::rpc::transport::BoxFuture;
 use crate::rpc::{ErrorCode, RemoteError, Request, Response, RpcClient};
-use crate::storage::{Engine, StorageError, Store, StoreConfig};
+use crate::storage::{CorruptKind, Engine, StorageError, Store, StoreConfig};
 use crate::{antientropy, api, handoff};
 
 const META_IDENTITY: &[u8] = b"identity";
@@ -117,6 +117,7 @@ impl Node {
             }
             .with_drawn_sync_offset(env.random_u64()),
         )?;
+        store.report_corruption_to(metrics.corrupt_records.clone());
 
         let identity = match store.meta_get(META_IDENTITY)? {
             Some(bytes) => {
@@ -156,15 +157,28 @@ impl Node {
         store
             .meta_put(META_GENERATION, Some(generation.to_be_bytes().to_vec()))
             .await?;
-        let view: Option<ClusterView> = match store.meta_get(META_VIEW)? {
-            Some(bytes) => Some(
-                postcard::from_bytes(&bytes).map_err(|e| NodeError::Corrupt {
-                    what: "cluster view",
-                    reason: e.to_string(),
-                })?,
-            ),
+        // The saved view gets the checks a gossiped one gets. One that fails them is not
+        // trusted: the member starts without a view and adopts the one its peers gossip
+        // (and saves it over the bad one).
+        let saved_view = store.meta_get(META_VIEW)?;
+        let view: Option<ClusterView> = match saved_view.as_deref().map(decode_saved_view) {
+            Some(Ok(v)) => Some(v),
+            Some(Err(reason)) => {
+                store
+                    .corruption()
+                    .record(CorruptKind::Meta, META_VIEW, &reason);
+                tracing::error!(
+                    member = %config.id,
+                    %reason,
+                    "the saved cluster view is corrupt or invalid and is ignored; this member learns the view from its peers (--seeds)"
+                );
+                None
+            }
             None => None,
         };
+        // A member that had a view belongs to a cluster: bootstrapping a new one because
+        // its copy of the view is damaged would split it.
+        let had_view = saved_view.is_some();
         if let Some(v) = &view {
             store.init_partitions(v.settings.partitions).await?;
         }
@@ -246,7 +260,12 @@ impl Node {
         let antientropy = antientropy::AntiEntropy::new(&services);
         let handoff = handoff::Handoff::new(&services, antientropy.clone());
 
-        if config.bootstrap && membership.view().is_none() {
+        if config.bootstrap && membership.view().is_none() && had_view {
+            tracing::warn!(
+                member = %config.id,
+                "not bootstrapping although asked to: this data directory held a cluster view, so the member waits for its peers' view"
+            );
+        } else if config.bootstrap && membership.view().is_none() {
             let view = membership
                 .bootstrap(1)
                 .map_err(|e| NodeError::Bootstrap(e.to_string()))?;
@@ -290,6 +309,7 @@ impl Node {
             secrets: Arc::new(config.cluster_secrets()),
             metrics,
             tls: tls.clone(),
+            limits: config.peer_limits.clone(),
         };
         let handler: Arc<dyn Handler> = Arc::new(PeerService {
             node: Arc::downgrade(&node),
@@ -418,6 +438,14 @@ impl Node {
         self.peers_known.store(true, Ordering::Relaxed);
         Ok(())
     }
+}
+
+/// Decodes and checks a view saved by [`persist_view`], as [`Membership::offer_view`]
+/// checks a gossiped one.
+fn decode_saved_view(bytes: &[u8]) -> Result<ClusterView, String> {
+    let view: ClusterView = postcard::from_bytes(bytes).map_err(|e| e.to_string())?;
+    view.validate().map_err(|e| e.to_string())?;
+    Ok(view)
 }
 
 async fn persist_view(store: &Store, view: &ClusterView) -> Result<(), StorageError> {
@@ -573,8 +601,90 @@ impl Handler for PeerService {
                     partition,
                     after,
                     max_bytes,
-                } => node.handoff.serve_pull(partition, after, max_bytes),
+                } => node.handoff.serve_pull(partition, after, max_bytes).await,
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{BatchOp, MemoryEngine, Space};
+
+    fn config(bootstrap: bool) -> NodeConfig {
+        let mut c = NodeConfig::for_local("view-0", 0, 0, std::path::PathBuf::from("/nonexistent"));
+        c.bootstrap = bootstrap;
+        c.settings.n = 1;
+        c.settings.r = 1;
+        c.settings.w = 1;
+        c.settings.partitions = 64;
+        c
+    }
+
+    fn plant_view(engine: &MemoryEngine, bytes: Vec<u8>) {
+        engine
+            .write(
+                &[BatchOp {
+                    space: Space::Meta,
+                    key: META_VIEW.to_vec(),
+                    value: Some(bytes),
+                }],
+                false,
+            )
+            .unwrap();
+    }
+
+    /// A saved view that does not decode, or decodes but fails the checks a gossiped view
+    /// gets (here: no ring at all, which used to panic), is ignored and counted; the member
+    /// starts without a view and, though started with `--bootstrap`, does not found a new
+    /// cluster over it.
+    #[tokio::test]
+    async fn a_corrupt_or_invalid_saved_view_is_ignored() {
+        let mut valid =
+            ClusterView::bootstrap(&MemberId::new("view-0"), 1, config(true).settings, 1).unwrap();
+        valid.rings.clear();
+        let invalid = postcard::to_stdvec(&valid).unwrap();
+        for (what, bytes) in [("undecodable", vec![0xff; 40]), ("no ring", invalid)] {
+            let engine = MemoryEngine::new();
+            plant_view(&engine, bytes);
+            let node = Node::start(config(true), Env::production(1), Arc::new(engine))
+                .await
+                .unwrap_or_else(|e| panic!("{what}: the member did not start: {e}"));
+            assert!(
+                node.membership.view().is_none(),
+                "{what}: a view was adopted"
+            );
+            assert_eq!(
+                node.store.corruption().count(CorruptKind::Meta),
+                1,
+                "{what}"
+            );
+            assert!(
+                node.metrics
+                    .render()
+                    .contains("dynamo_corrupt_records_total{kind=\"meta\"} 1"),
+                "{what}"
+            );
+            node.shutdown().await;
+        }
+    }
+
+    /// A valid saved view is adopted as before.
+    #[tokio::test]
+    async fn a_valid_saved_view_is_adopted() {
+        let view =
+            ClusterView::bootstrap(&MemberId::new("view-0"), 1, config(false).settings, 1).unwrap();
+        let engine = MemoryEngine::new();
+        plant_view(&engine, postcard::to_stdvec(&view).unwrap());
+        let node = Node::start(config(false), Env::production(1), Arc::new(engine))
+            .await
+            .unwrap();
+        assert_eq!(
+            node.membership.view().map(|v| v.version),
+            Some(view.version)
+        );
+        assert_eq!(node.store.corruption().count(CorruptKind::Meta), 0);
+        node.shutdown().await;
     }
 }

@@ -237,3 +237,200 @@ async fn slow_and_excess_clients_are_cut_off() {
         .unwrap();
     assert_eq!(put.status.as_u16(), 204);
 }
+
+/// `VmHWM` (peak resident set) of a process, in bytes, from /proc.
+fn peak_rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// A valid Hello frame, as a member opening a connection sends it.
+fn hello_bytes() -> Vec<u8> {
+    frame::encode(&frame::Frame {
+        id: 0,
+        body: FrameBody::Hello {
+            member: dynamo::ring::MemberId::new("intruder"),
+            nonce: [9; 32],
+        },
+    })
+    .unwrap()
+}
+
+/// Connects to `peer` from the loopback address `source`.
+async fn connect_from(source: &str, peer: &str) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    socket.connect(peer.parse().unwrap()).await.unwrap()
+}
+
+/// Whether the member answers a Hello with a Challenge (rather than closing the
+/// connection unanswered).
+async fn challenged(conn: &mut TcpStream) -> bool {
+    if conn.write_all(&hello_bytes()).await.is_err() {
+        return false;
+    }
+    match tokio::time::timeout(
+        Duration::from_secs(10),
+        frame::read_frame_limited(conn, frame::MAX_HANDSHAKE_FRAME_BYTES),
+    )
+    .await
+    {
+        Ok(Ok(f)) => matches!(f.body, FrameBody::Challenge { .. }),
+        Ok(Err(_)) => false,
+        Err(_) => panic!("the member neither challenged nor closed the connection"),
+    }
+}
+
+/// 24 connections that never authenticate, each declaring a 64 MiB frame and sending
+/// zeros: the member refuses each from its length prefix (frames before the handshake are
+/// limited to 4 KiB), its peak RSS stays below 200 MB (it reached 1.3 GB before the limit),
+/// it keeps serving clients, and a connection that sends nothing is closed at the
+/// handshake deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_peers_cannot_exhaust_memory() {
+    const CONNECTIONS: usize = 24;
+    const DECLARED: u32 = 64 << 20;
+    const CHUNK: usize = 1 << 20;
+    const MAX_PEAK_RSS: u64 = 200 << 20;
+    let cluster = Cluster::start(1, single(&["--peer-handshake-timeout-ms=1000"])).await;
+    cluster.wait_healthy_all().await;
+    let peer = cluster.members[0].peer();
+    let pid = cluster.members[0].child.as_ref().unwrap().id();
+    let before = peak_rss_bytes(pid);
+
+    let mut flood = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let peer = peer.clone();
+        flood.push(tokio::spawn(async move {
+            let Ok(mut conn) = TcpStream::connect(&peer).await else {
+                return 0usize;
+            };
+            let zeros = vec![0u8; CHUNK];
+            let mut sent = 0usize;
+            if conn.write_all(&DECLARED.to_be_bytes()).await.is_err() {
+                return sent;
+            }
+            // At most the declared 63 MiB, and at most 60 s: the member is expected to
+            // close the connection long before either.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while sent + CHUNK < DECLARED as usize && Instant::now() < deadline {
+                match tokio::time::timeout(Duration::from_secs(10), conn.write_all(&zeros)).await {
+                    Ok(Ok(())) => sent += CHUNK,
+                    _ => break,
+                }
+            }
+            sent
+        }));
+    }
+    let mut sent_total = 0;
+    for f in flood {
+        sent_total += f.await.unwrap();
+    }
+    let peak = peak_rss_bytes(pid);
+    eprintln!(
+        "peak RSS before {} MB, after the flood {} MB; {} MB of zeros accepted by the socket",
+        before >> 20,
+        peak >> 20,
+        sent_total >> 20
+    );
+    assert!(
+        peak < MAX_PEAK_RSS,
+        "peak RSS {} MB after {CONNECTIONS} unauthenticated 64 MiB frames",
+        peak >> 20
+    );
+    // Each was refused and counted.
+    cluster
+        .wait_for(
+            "the refused connections counted",
+            Duration::from_secs(20),
+            || async {
+                cluster.metric(0, "dynamo_rpc_auth_failures_total").await >= CONNECTIONS as f64
+            },
+        )
+        .await;
+
+    // A connection that sends nothing is closed at the handshake deadline (1 s here).
+    let mut silent = TcpStream::connect(&peer).await.unwrap();
+    assert!(
+        read_until_closed(&mut silent, Duration::from_secs(30))
+            .await
+            .is_some(),
+        "a connection that never said hello was kept open"
+    );
+
+    let c = cluster.app_client(0);
+    let put = c
+        .put("after-flood", Bytes::from_static(b"v"), None, "")
+        .await
+        .unwrap();
+    assert_eq!(put.status.as_u16(), 204);
+    let got = c.get("after-flood", "").await.unwrap();
+    assert_eq!(got.status.as_u16(), 200);
+}
+
+/// Peer connections are capped per source address and in total: one past a cap is closed
+/// without a challenge and counted, and a slot is given back when its connection closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_connections_are_capped_per_source_and_in_total() {
+    let cluster = Cluster::start(
+        1,
+        single(&[
+            "--max-peer-connections=4",
+            "--max-peer-connections-per-ip=3",
+            // Long enough that held connections stay open for the whole test.
+            "--peer-handshake-timeout-ms=60000",
+        ]),
+    )
+    .await;
+    cluster.wait_healthy_all().await;
+    let peer = cluster.members[0].peer();
+    let (a, b, c) = ("127.0.0.1", "127.0.0.2", "127.0.0.3");
+
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut conn = connect_from(a, &peer).await;
+        assert!(challenged(&mut conn).await, "a connection within the caps");
+        held.push(conn);
+    }
+    let mut excess = connect_from(a, &peer).await;
+    assert!(
+        !challenged(&mut excess).await,
+        "a fourth connection from one source was served"
+    );
+    let mut other = connect_from(b, &peer).await;
+    assert!(
+        challenged(&mut other).await,
+        "another source was refused below the total cap"
+    );
+    held.push(other);
+    let mut over_total = connect_from(c, &peer).await;
+    assert!(
+        !challenged(&mut over_total).await,
+        "a fifth connection was served past the total cap"
+    );
+    assert!(
+        cluster
+            .metric_where(0, "dynamo_rejected_requests_total", "peer_connections")
+            .await
+            >= 2.0
+    );
+
+    // Closed connections give their slots back (polled: the member sees the close when it
+    // next reads).
+    drop(held);
+    cluster
+        .wait_for(
+            "a slot freed once the held connections closed",
+            Duration::from_secs(20),
+            || async {
+                let mut conn = connect_from(a, &peer).await;
+                challenged(&mut conn).await
+            },
+        )
+        .await;
+}

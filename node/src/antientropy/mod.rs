@@ -265,8 +265,12 @@ impl AntiEntropy {
             Response::Entries(e) => e.into_iter().collect(),
             other => return Err(format!("unexpected answer {other:?}")),
         };
-        let our_entries: BTreeMap<Bytes, u64> =
-            self.leaf_entries(p, &leaves)?.into_iter().collect();
+        // Our own side has no peer-imposed bound: its size is what we hold.
+        let our_entries: BTreeMap<Bytes, u64> = self
+            .leaf_entries(p, leaves, usize::MAX)
+            .await?
+            .into_iter()
+            .collect();
         report.keys_compared += (their_entries.len() + our_entries.len()) as u64;
         // Keys whose versions differ, or that one side lacks.
         let mut to_fetch: Vec<Bytes> = their_entries
@@ -350,31 +354,26 @@ impl AntiEntropy {
         Ok(())
     }
 
-    /// `(key, digest)` of the local keys of `p` that fall into `leaves`.
-    fn leaf_entries(
+    /// `(key, digest)` of the local keys of `p` that fall into `leaves`. The scan decodes
+    /// every record of the partition, so it runs on the blocking pool, never on a runtime
+    /// worker (where it would stall every request that worker serves).
+    async fn leaf_entries(
         &self,
         p: PartitionId,
-        leaves: &BTreeSet<usize>,
+        leaves: BTreeSet<usize>,
+        max_answer_bytes: usize,
     ) -> Result<Vec<(Bytes, u64)>, String> {
-        let q = self.membership.view().map_or(0, |v| v.settings.partitions);
-        let mut out = Vec::new();
-        let mut after: Option<Bytes> = None;
-        loop {
-            let page = self
-                .store
-                .scan_partition(p, after.as_deref(), 1024)
-                .map_err(|e| e.to_string())?;
-            let last = page.last().map(|(k, _)| k.clone());
-            for (key, obj) in page {
-                if leaves.contains(&leaf_of(key_hash(&key), q)) {
-                    out.push((key, obj.digest()));
-                }
-            }
-            match last {
-                Some(k) => after = Some(k),
-                None => return Ok(out),
-            }
-        }
+        let q = self.partition_count();
+        let store = self.store.clone();
+        self.store
+            .run_blocking(move || scan_leaf_entries(&store, p, q, &leaves, max_answer_bytes))
+            .await
+            .map_err(|e| e.to_string())?
+    }
+
+    /// The cluster's partition count (0 before this member knows a ring).
+    fn partition_count(&self) -> u32 {
+        self.membership.view().map_or(0, |v| v.settings.partitions)
     }
 
     async fn throttle(&self, bytes: u64, started: Instant) {
@@ -389,16 +388,32 @@ impl AntiEntropy {
         }
     }
 
-    /// Serves the peer side of an exchange and reaps.
+    /// Serves the peer side of an exchange and reaps. Every list in a request is checked
+    /// against what the tree can hold and deduplicated first, so the size of the answer is
+    /// bounded before it is built (see docs/security.md for the numbers).
     pub async fn handle(&self, peer: &MemberId, request: Request) -> Response {
-        let _ = peer;
+        let bad_request = |message: String| {
+            tracing::warn!(%peer, %message, "refused an anti-entropy request");
+            Response::Error(RemoteError::new(ErrorCode::BadRequest, message))
+        };
         match request {
-            Request::MerkleRoots { partitions } => Response::Roots(
-                partitions
-                    .into_iter()
-                    .map(|p| (p, self.store.merkle_root(p)))
-                    .collect(),
-            ),
+            Request::MerkleRoots { partitions } => {
+                let q = self.partition_count();
+                if q == 0 {
+                    return Response::Error(RemoteError::new(
+                        ErrorCode::Unavailable,
+                        "this member has no ring yet",
+                    ));
+                }
+                match distinct_partitions(partitions, q) {
+                    Ok(ps) => Response::Roots(
+                        ps.into_iter()
+                            .map(|p| (p, self.store.merkle_root(p)))
+                            .collect(),
+                    ),
+                    Err(e) => bad_request(e),
+                }
+            }
             Request::MerkleNodes {
                 partition,
                 middles: None,
@@ -408,38 +423,36 @@ impl AntiEntropy {
             Request::MerkleNodes {
                 partition,
                 middles: Some(ms),
-            } => Response::Nodes(self.store.with_tree(partition, |t| {
-                ms.iter()
-                    .flat_map(|&m| {
-                        t.map_or_else(
-                            || vec![0; FANOUT],
-                            |t| t.leaves_under(usize::from(m)).to_vec(),
-                        )
-                    })
-                    .collect()
-            })),
-            Request::LeafEntries { partition, leaves } => {
-                let leaves: BTreeSet<usize> = leaves.into_iter().map(usize::from).collect();
-                match self.leaf_entries(partition, &leaves) {
+            } => match distinct_middles(ms) {
+                // At most FANOUT middles of FANOUT leaves each: 1,024 hashes.
+                Ok(ms) => Response::Nodes(self.store.with_tree(partition, |t| {
+                    ms.iter()
+                        .flat_map(|&m| {
+                            t.map_or_else(|| vec![0; FANOUT], |t| t.leaves_under(m).to_vec())
+                        })
+                        .collect()
+                })),
+                Err(e) => bad_request(e),
+            },
+            Request::LeafEntries { partition, leaves } => match distinct_leaves(leaves) {
+                Ok(leaves) => match self.leaf_entries(partition, leaves, MAX_ANSWER_BYTES).await {
                     Ok(e) => Response::Entries(e),
                     Err(e) => Response::Error(RemoteError::new(ErrorCode::Storage, e)),
-                }
-            }
+                },
+                Err(e) => bad_request(e),
+            },
             Request::Fetch { partition, keys } => {
-                let mut out = Vec::with_capacity(keys.len());
-                for key in keys.into_iter().take(KEY_BATCH * 4) {
-                    match self.store.get(partition, &key) {
-                        Ok(Some(obj)) => out.push((key, obj)),
-                        Ok(None) => {}
-                        Err(e) => {
-                            return Response::Error(RemoteError::new(
-                                ErrorCode::Storage,
-                                e.to_string(),
-                            ));
-                        }
+                let store = self.store.clone();
+                let fetched = self
+                    .store
+                    .run_blocking(move || fetch_bounded(&store, partition, keys, MAX_ANSWER_BYTES))
+                    .await;
+                match fetched {
+                    Ok(Ok(objects)) => Response::Objects(objects),
+                    Ok(Err(e)) | Err(e) => {
+                        Response::Error(RemoteError::new(ErrorCode::Storage, e.to_string()))
                     }
                 }
-                Response::Objects(out)
             }
             Request::Reap {
                 partition,
@@ -558,5 +571,377 @@ impl AntiEntropy {
             self.metrics.tombstones_reaped.inc();
         }
         all
+    }
+}
+
+/// Most encoded bytes of one `LeafEntries` or `Fetch` answer: half the frame limit, so an
+/// answer is refused or cut while it is built, not after.
+pub const MAX_ANSWER_BYTES: usize = crate::rpc::frame::MAX_FRAME_BYTES / 2;
+/// Most distinct keys one `Fetch` answer holds.
+pub const MAX_FETCH_KEYS: usize = KEY_BATCH * 4;
+
+/// The partitions of a `MerkleRoots` request, deduplicated in their order. A list longer
+/// than the ring, or naming a partition the ring does not have, is refused: an answer
+/// then holds at most `q` roots (about 13 bytes each).
+pub fn distinct_partitions(
+    partitions: Vec<PartitionId>,
+    q: u32,
+) -> Result<Vec<PartitionId>, String> {
+    if partitions.len() > q as usize {
+        return Err(format!(
+            "asks for {} partitions; the ring has {q}",
+            partitions.len()
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::with_capacity(partitions.len());
+    for p in partitions {
+        if p >= q {
+            return Err(format!("partition {p} is outside the ring of {q}"));
+        }
+        if seen.insert(p) {
+            out.push(p);
+        }
+    }
+    Ok(out)
+}
+
+/// The middle nodes of a `MerkleNodes` request, deduplicated in their order (the answer
+/// lists their leaves in the same order). At most [`FANOUT`], each below it.
+pub fn distinct_middles(middles: Vec<u16>) -> Result<Vec<usize>, String> {
+    if middles.len() > FANOUT {
+        return Err(format!(
+            "asks for {} middle nodes; a tree has {FANOUT}",
+            middles.len()
+        ));
+    }
+    let mut out: Vec<usize> = Vec::with_capacity(middles.len());
+    for m in middles.into_iter().map(usize::from) {
+        if m >= FANOUT {
+            return Err(format!("middle node {m} is outside a tree of {FANOUT}"));
+        }
+        if !out.contains(&m) {
+            out.push(m);
+        }
+    }
+    Ok(out)
+}
+
+/// The leaves of a `LeafEntries` request: at most [`tree::LEAVES`], each below it.
+pub fn distinct_leaves(leaves: Vec<u16>) -> Result<BTreeSet<usize>, String> {
+    if leaves.len() > tree::LEAVES {
+        return Err(format!(
+            "asks for {} leaves; a tree has {}",
+            leaves.len(),
+            tree::LEAVES
+        ));
+    }
+    let mut out = BTreeSet::new();
+    for l in leaves.into_iter().map(usize::from) {
+        if l >= tree::LEAVES {
+            return Err(format!("leaf {l} is outside a tree of {}", tree::LEAVES));
+        }
+        out.insert(l);
+    }
+    Ok(out)
+}
+
+/// Bytes one `(key, digest)` entry takes in an answer: the key, its length prefix and the
+/// digest (postcard varints, at most 5 and 10 bytes).
+fn entry_bytes(key: &[u8]) -> usize {
+    key.len() + 5 + 10
+}
+
+/// Scans partition `p` page by page for the keys in `leaves`; refuses once the answer
+/// would pass `max_answer_bytes`, before any more of it is built.
+fn scan_leaf_entries(
+    store: &Store,
+    p: PartitionId,
+    q: u32,
+    leaves: &BTreeSet<usize>,
+    max_answer_bytes: usize,
+) -> Result<Vec<(Bytes, u64)>, String> {
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    let mut after: Option<Bytes> = None;
+    loop {
+        let page = store
+            .scan_partition(p, after.as_deref(), 1024)
+            .map_err(|e| e.to_string())?;
+        let last = page.last().map(|(k, _)| k.clone());
+        for (key, obj) in page {
+            if leaves.contains(&leaf_of(key_hash(&key), q)) {
+                bytes = bytes.saturating_add(entry_bytes(&key));
+                if bytes > max_answer_bytes {
+                    return Err(format!(
+                        "the entries of {} leaves of partition {p} exceed {max_answer_bytes} bytes; ask for fewer leaves",
+                        leaves.len()
+                    ));
+                }
+                out.push((key, obj.digest()));
+            }
+        }
+        match last {
+            Some(k) => after = Some(k),
+            None => return Ok(out),
+        }
+    }
+}
+
+/// The records of `keys` (deduplicated, at most [`MAX_FETCH_KEYS`]) until the answer
+/// would pass `max_answer_bytes`; keys left out are found again by the next exchange.
+fn fetch_bounded(
+    store: &Store,
+    partition: PartitionId,
+    keys: Vec<Bytes>,
+    max_answer_bytes: usize,
+) -> Result<Vec<(Bytes, crate::clock::Object)>, crate::storage::StorageError> {
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    for key in keys {
+        if seen.len() >= MAX_FETCH_KEYS {
+            break;
+        }
+        if !seen.insert(key.clone()) {
+            continue;
+        }
+        if let Some(obj) = store.get(partition, &key)? {
+            let size = entry_bytes(&key)
+                + postcard::experimental::serialized_size(&obj).unwrap_or(usize::MAX / 2);
+            // The first record is always sent, so a single large one still moves.
+            if !out.is_empty() && bytes.saturating_add(size) > max_answer_bytes {
+                break;
+            }
+            bytes = bytes.saturating_add(size);
+            out.push((key, obj));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::{ActorId, ConflictMode, Object, VersionVector, WriteRequest};
+    use crate::node::Node;
+
+    async fn member() -> Arc<Node> {
+        let mut config =
+            NodeConfig::for_local("ae-0", 0, 0, std::path::PathBuf::from("/nonexistent"));
+        config.bootstrap = true;
+        config.settings.n = 1;
+        config.settings.r = 1;
+        config.settings.w = 1;
+        config.settings.partitions = 64;
+        Node::start(
+            config,
+            Env::production(1),
+            Arc::new(crate::storage::MemoryEngine::new()),
+        )
+        .await
+        .unwrap()
+    }
+
+    fn object(value: Vec<u8>) -> Object {
+        Object::default()
+            .write(WriteRequest {
+                actor: ActorId(5),
+                min_counter: 0,
+                context: &VersionVector::new(),
+                value: Some(Bytes::from(value)),
+                timestamp_ms: 1,
+                mode: ConflictMode::Siblings,
+            })
+            .0
+    }
+
+    fn refused(r: &Response) -> bool {
+        matches!(r, Response::Error(e) if e.code == ErrorCode::BadRequest)
+    }
+
+    #[tokio::test]
+    async fn hostile_tree_requests_are_refused_or_deduplicated() {
+        let node = member().await;
+        let ae = &node.antientropy;
+        let hostile = MemberId::new("hostile");
+        let peer = &hostile;
+        let ask = move |r: Request| ae.handle(peer, r);
+
+        // Roots: more partitions than the ring, or one outside it, is refused; duplicates
+        // are answered once.
+        let too_many = Request::MerkleRoots {
+            partitions: (0..65).collect(),
+        };
+        assert!(refused(&ask(too_many).await));
+        let outside = Request::MerkleRoots {
+            partitions: vec![64],
+        };
+        assert!(refused(&ask(outside).await));
+        let repeated = Request::MerkleRoots {
+            partitions: vec![3; 64],
+        };
+        assert!(matches!(ask(repeated).await, Response::Roots(r) if r.len() == 1));
+
+        // Middle nodes: at most FANOUT, each inside the tree, duplicates once.
+        let too_many = Request::MerkleNodes {
+            partition: 0,
+            middles: Some(vec![0; FANOUT + 1]),
+        };
+        assert!(refused(&ask(too_many).await));
+        let outside = Request::MerkleNodes {
+            partition: 0,
+            middles: Some(vec![FANOUT as u16]),
+        };
+        assert!(refused(&ask(outside).await));
+        let repeated = Request::MerkleNodes {
+            partition: 0,
+            middles: Some(vec![5; FANOUT]),
+        };
+        assert!(matches!(ask(repeated).await, Response::Nodes(n) if n.len() == FANOUT));
+
+        // Leaves: at most LEAVES, each inside the tree.
+        let too_many = Request::LeafEntries {
+            partition: 0,
+            leaves: vec![1; tree::LEAVES + 1],
+        };
+        assert!(refused(&ask(too_many).await));
+        let outside = Request::LeafEntries {
+            partition: 0,
+            leaves: vec![tree::LEAVES as u16],
+        };
+        assert!(refused(&ask(outside).await));
+        node.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn fetch_answers_each_key_once_and_within_its_byte_bound() {
+        let node = member().await;
+        let key = Bytes::from_static(b"big");
+        node.store
+            .merge(
+                0,
+                key.clone(),
+                object(vec![7; 64 << 10]),
+                ConflictMode::Siblings,
+            )
+            .await
+            .unwrap();
+        // The same 64 KiB record asked 4,000 times is read and sent once, not 4,000 times
+        // (256 MiB).
+        let r = node
+            .antientropy
+            .handle(
+                &MemberId::new("hostile"),
+                Request::Fetch {
+                    partition: 0,
+                    keys: vec![key.clone(); 4000],
+                },
+            )
+            .await;
+        assert!(matches!(&r, Response::Objects(o) if o.len() == 1), "{r:?}");
+
+        // Distinct keys stop at the byte bound: with a bound of 200 KiB, three 64 KiB
+        // records fit, the fourth does not.
+        for i in 0..8u8 {
+            node.store
+                .merge(
+                    0,
+                    Bytes::from(vec![b'k', i]),
+                    object(vec![i; 64 << 10]),
+                    ConflictMode::Siblings,
+                )
+                .await
+                .unwrap();
+        }
+        let keys: Vec<Bytes> = (0..8u8).map(|i| Bytes::from(vec![b'k', i])).collect();
+        let got = fetch_bounded(&node.store, 0, keys.clone(), 200 << 10).unwrap();
+        assert_eq!(got.len(), 3);
+        // One record larger than the bound is still sent alone, so it can be repaired.
+        let got = fetch_bounded(&node.store, 0, keys, 1 << 10).unwrap();
+        assert_eq!(got.len(), 1);
+        node.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn leaf_entries_refuse_an_answer_past_the_bound_while_building_it() {
+        let node = member().await;
+        for i in 0..100u32 {
+            node.store
+                .merge(
+                    0,
+                    Bytes::from(format!("key-{i:04}")),
+                    object(b"v".to_vec()),
+                    ConflictMode::Siblings,
+                )
+                .await
+                .unwrap();
+        }
+        let all: BTreeSet<usize> = (0..tree::LEAVES).collect();
+        let entries = scan_leaf_entries(&node.store, 0, 64, &all, usize::MAX).unwrap();
+        assert_eq!(entries.len(), 100);
+        // Each entry counts 8 + 15 bytes: a bound of 50 entries' worth is refused.
+        let err = scan_leaf_entries(&node.store, 0, 64, &all, 50 * 23).unwrap_err();
+        assert!(err.contains("ask for fewer leaves"), "{err}");
+        node.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn handoff_pull_size_is_clamped_by_the_source() {
+        let node = member().await;
+        // 64 records of 128 KiB: 8 MiB in partition 0.
+        for i in 0..64u8 {
+            node.store
+                .merge(
+                    0,
+                    Bytes::from(vec![b'h', i]),
+                    object(vec![i; 128 << 10]),
+                    ConflictMode::Siblings,
+                )
+                .await
+                .unwrap();
+        }
+        let max = crate::handoff::MAX_PULL_PAGE_BYTES as usize;
+        match node.handoff.serve_pull(0, None, u32::MAX).await {
+            Response::Page { items, done } => {
+                let bytes: usize = items
+                    .iter()
+                    .flat_map(|(_, o)| &o.siblings)
+                    .map(|s| s.value.as_ref().map_or(0, Bytes::len))
+                    .sum();
+                assert!(
+                    !done,
+                    "a page asked for u32::MAX bytes held the whole partition"
+                );
+                assert!(bytes <= max + (128 << 10), "{bytes} bytes in one page");
+                assert!(bytes >= max, "the page stopped early: {bytes} bytes");
+            }
+            other => panic!("{other:?}"),
+        }
+        // A page of 0 bytes still moves on by one record.
+        match node.handoff.serve_pull(0, None, 0).await {
+            Response::Page { items, done } => assert!(items.len() == 1 && !done),
+            other => panic!("{other:?}"),
+        }
+        node.shutdown().await;
+    }
+
+    #[test]
+    fn list_bounds() {
+        assert_eq!(
+            distinct_partitions(vec![2, 1, 2, 1], 4).unwrap(),
+            vec![2, 1]
+        );
+        assert!(distinct_partitions(vec![0; 5], 4).is_err());
+        assert!(distinct_partitions(vec![4], 4).is_err());
+        assert_eq!(distinct_middles(vec![3, 1, 3]).unwrap(), vec![3, 1]);
+        assert!(distinct_middles(vec![32]).is_err());
+        assert_eq!(distinct_leaves(vec![9, 9, 2]).unwrap().len(), 2);
+        assert!(distinct_leaves(vec![1024]).is_err());
+        assert_eq!(crate::handoff::clamp_page_bytes(0), 1);
+        assert_eq!(
+            crate::handoff::clamp_page_bytes(u32::MAX),
+            crate::handoff::MAX_PULL_PAGE_BYTES
+        );
     }
 }

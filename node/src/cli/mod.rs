@@ -346,6 +346,15 @@ pub struct NodeArgs {
     /// Open HTTP connections; more are closed on accept.
     #[arg(long, env = "DYNAMO_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
+    /// Open peer-port connections (authenticated or not); more are closed on accept.
+    #[arg(long, env = "DYNAMO_MAX_PEER_CONNECTIONS", default_value_t = crate::config::DEFAULT_MAX_PEER_CONNECTIONS)]
+    pub max_peer_connections: usize,
+    /// Open peer-port connections from one source address; more are closed on accept.
+    #[arg(long, env = "DYNAMO_MAX_PEER_CONNECTIONS_PER_IP", default_value_t = crate::config::DEFAULT_MAX_PEER_CONNECTIONS_PER_IP)]
+    pub max_peer_connections_per_ip: usize,
+    /// A peer connection that has not completed its handshake this long after accept is closed.
+    #[arg(long, env = "DYNAMO_PEER_HANDSHAKE_TIMEOUT_MS", default_value_t = crate::config::DEFAULT_PEER_HANDSHAKE_TIMEOUT_MS)]
+    pub peer_handshake_timeout_ms: u64,
     #[arg(long, env = "DYNAMO_GOSSIP_INTERVAL_MS", default_value_t = 1000)]
     pub gossip_interval_ms: u64,
     /// Failure detector: phi-accrual, or a plain timeout.
@@ -784,6 +793,11 @@ pub fn node_config(args: &NodeArgs) -> Result<NodeConfig> {
             max_value_bytes: args.max_value_bytes,
             max_inflight_requests: args.max_inflight_requests.max(1),
             max_connections: args.max_connections.max(1),
+        },
+        peer_limits: crate::config::PeerLimits {
+            max_connections: args.max_peer_connections.max(1),
+            max_connections_per_ip: args.max_peer_connections_per_ip.max(1),
+            handshake_timeout: Duration::from_millis(args.peer_handshake_timeout_ms.max(100)),
         },
         gossip_interval: Duration::from_millis(args.gossip_interval_ms.max(10)),
         failure_detector,

@@ -36,6 +36,53 @@ use crate::storage::Store;
 
 /// Bytes per pull page.
 const PAGE_BYTES: u32 = 1 << 20;
+/// Most bytes of one page a source serves, whatever the puller asks for.
+pub const MAX_PULL_PAGE_BYTES: u32 = 4 << 20;
+
+/// The page size a source serves for a request of `asked` bytes: at most
+/// [`MAX_PULL_PAGE_BYTES`], and at least one byte (so a page always holds one record and
+/// the pull moves on).
+pub fn clamp_page_bytes(asked: u32) -> u32 {
+    asked.clamp(1, MAX_PULL_PAGE_BYTES)
+}
+
+/// Records of a partition after `after` until their values reach `max_bytes` (the record
+/// that passes it included).
+fn pull_page(
+    store: &Store,
+    partition: PartitionId,
+    after: Option<Bytes>,
+    max_bytes: u32,
+) -> Response {
+    let mut items = Vec::new();
+    let mut bytes = 0usize;
+    let mut cursor = after;
+    loop {
+        let page = match store.scan_partition(partition, cursor.as_deref(), 256) {
+            Ok(p) => p,
+            Err(e) => {
+                return Response::Error(RemoteError::new(ErrorCode::Storage, e.to_string()));
+            }
+        };
+        let exhausted = page.len() < 256;
+        for (key, obj) in page {
+            bytes += key.len()
+                + obj
+                    .siblings
+                    .iter()
+                    .map(|s| s.value.as_ref().map_or(0, |v| v.len()) + 32)
+                    .sum::<usize>();
+            cursor = Some(key.clone());
+            items.push((key, obj));
+            if bytes >= max_bytes as usize {
+                return Response::Page { items, done: false };
+            }
+        }
+        if exhausted {
+            return Response::Page { items, done: true };
+        }
+    }
+}
 /// How long the view must stay unchanged before partitions this member no longer
 /// replicates are deleted (so a member with a stale view does not delete data a newer
 /// view gives it).
@@ -146,40 +193,24 @@ impl Handoff {
         }
     }
 
-    /// Source side: the next page of a partition after `after`.
-    pub fn serve_pull(
+    /// Source side: the next page of a partition after `after`, of about `max_bytes`
+    /// (clamped to [`MAX_PULL_PAGE_BYTES`]: the size comes from the peer). The page is
+    /// scanned and decoded on the blocking pool.
+    pub async fn serve_pull(
         &self,
         partition: PartitionId,
         after: Option<Bytes>,
         max_bytes: u32,
     ) -> Response {
-        let mut items = Vec::new();
-        let mut bytes = 0usize;
-        let mut cursor = after;
-        loop {
-            let page = match self.store.scan_partition(partition, cursor.as_deref(), 256) {
-                Ok(p) => p,
-                Err(e) => {
-                    return Response::Error(RemoteError::new(ErrorCode::Storage, e.to_string()));
-                }
-            };
-            let exhausted = page.len() < 256;
-            for (key, obj) in page {
-                bytes += key.len()
-                    + obj
-                        .siblings
-                        .iter()
-                        .map(|s| s.value.as_ref().map_or(0, |v| v.len()) + 32)
-                        .sum::<usize>();
-                cursor = Some(key.clone());
-                items.push((key, obj));
-                if bytes >= max_bytes as usize {
-                    return Response::Page { items, done: false };
-                }
-            }
-            if exhausted {
-                return Response::Page { items, done: true };
-            }
+        let max_bytes = clamp_page_bytes(max_bytes);
+        let store = self.store.clone();
+        match self
+            .store
+            .run_blocking(move || pull_page(&store, partition, after, max_bytes))
+            .await
+        {
+            Ok(response) => response,
+            Err(e) => Response::Error(RemoteError::new(ErrorCode::Storage, e.to_string())),
         }
     }
 

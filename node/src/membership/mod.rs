@@ -175,6 +175,10 @@ struct State {
     view: Option<Arc<ClusterView>>,
     joins: BTreeMap<MemberId, u32>,
     leaves: BTreeSet<MemberId>,
+    /// Members pruned from `table` and `arrivals` (see [`Membership::prune_removed`]),
+    /// with the last stamp known of them: an entry no newer is not taken back from a peer
+    /// that has not pruned it yet.
+    pruned: BTreeMap<MemberId, (u64, u64)>,
 }
 
 /// Membership service of one member.
@@ -276,6 +280,7 @@ impl Membership {
                 view,
                 joins: BTreeMap::new(),
                 leaves: BTreeSet::new(),
+                pruned: BTreeMap::new(),
             }),
             view_tx,
             probing: AtomicBool::new(false),
@@ -610,9 +615,16 @@ impl Membership {
                 .table
                 .get(&e.id)
                 .is_none_or(|cur| e.stamp() > cur.stamp());
-            if !newer {
+            if !newer
+                || st
+                    .pruned
+                    .get(&e.id)
+                    .is_some_and(|&stamp| e.stamp() <= stamp)
+            {
                 continue;
             }
+            // A pruned member heard anew (it runs again): tracked like any other.
+            st.pruned.remove(&e.id);
             let restarted = st
                 .table
                 .get(&e.id)
@@ -625,6 +637,41 @@ impl Membership {
             }
             st.table.insert(e.id.clone(), e);
         }
+    }
+
+    /// Forgets members the view marks removed (and no ring holds) once they have been
+    /// silent for the tombstone grace period: their gossip entry and failure-detector
+    /// history would otherwise be kept, and gossiped, for the life of every member.
+    /// Returns the members pruned.
+    pub fn prune_removed(&self) -> Vec<MemberId> {
+        let now = Instant::now();
+        let grace = self.config.tombstone_grace;
+        let mut st = self.state.lock();
+        let Some(view) = st.view.clone() else {
+            return Vec::new();
+        };
+        let stale: Vec<MemberId> = st
+            .table
+            .keys()
+            .filter(|id| {
+                **id != self.me
+                    && view.status_of(id) == Some(MemberStatus::Removed)
+                    && !view.rings.iter().any(|r| r.contains(id))
+                    && st
+                        .arrivals
+                        .get(*id)
+                        .is_none_or(|a| now.saturating_duration_since(a.last_heard()) >= grace)
+            })
+            .cloned()
+            .collect();
+        for id in &stale {
+            if let Some(entry) = st.table.remove(id) {
+                st.pruned.insert(id.clone(), entry.stamp());
+            }
+            st.arrivals.remove(id);
+            tracing::info!(member = %id, "forgot a removed member after the grace period");
+        }
+        stale
     }
 
     fn view_is_newer(mine: Option<&Arc<ClusterView>>, theirs: &Option<ViewStamp>) -> (bool, bool) {
@@ -921,6 +968,7 @@ impl Membership {
                 });
             }
             self.claimant_duties();
+            self.prune_removed();
             if self.holds_requests_for_another_claimant()
                 && !self.handing_over.swap(true, Ordering::AcqRel)
             {
@@ -1381,6 +1429,65 @@ mod tests {
         mb.gossip_with(&ma);
         assert!(ma.not_acknowledged(e2).is_empty());
         assert!(mb.not_acknowledged(e2).is_empty());
+    }
+
+    /// A member the view marks removed is forgotten (gossip entry and detector history)
+    /// once silent for the grace period; a peer that still holds its old entry does not
+    /// gossip it back, but the member itself, heard anew, is tracked again.
+    #[tokio::test]
+    async fn removed_members_are_pruned_after_the_grace_period() {
+        let (a, b, one, _) = a_then_a_and_b();
+        let mut view = one.clone();
+        view.version += 1;
+        view.members.insert(
+            b.clone(),
+            ViewMember {
+                status: MemberStatus::Removed,
+                weight: 1,
+            },
+        );
+        assert!(view.validate().is_ok());
+        let pruning = |id: &str, grace: Duration| {
+            let dns = LateDns {
+                lookups: AtomicUsize::new(0),
+                unresolved: 0,
+                connects: Arc::new(AtomicUsize::new(0)),
+            };
+            let mut config = NodeConfig::for_local(id, 8080, 7070, PathBuf::new());
+            config.tombstone_grace = grace;
+            test_member(config, dns, Some(view.clone()))
+        };
+        let ma = pruning("a", Duration::ZERO);
+        let mc = pruning("c", Duration::from_secs(3600));
+        let mb = in_process_member("b", &view);
+        ma.gossip_with(&mb);
+        mc.gossip_with(&mb);
+        assert!(ma.member_state(&b).is_some());
+
+        // Within its grace period c keeps b; a's grace is over at once.
+        assert!(mc.prune_removed().is_empty());
+        assert_eq!(ma.prune_removed(), vec![b.clone()]);
+        assert!(ma.member_state(&b).is_none());
+        assert!(!ma.is_alive(&b));
+        // Listed from the view alone (as removed), with no gossip state left.
+        assert!(
+            ma.members()
+                .iter()
+                .find(|m| m.id == b)
+                .is_some_and(|m| m.status == "removed" && m.generation == 0 && !m.alive)
+        );
+        // The member itself is never pruned, nor one still in a ring.
+        assert!(ma.member_state(&a).is_some());
+
+        // c still gossips b's old entry: a does not take it back.
+        ma.gossip_with(&mc);
+        mc.gossip_with(&ma);
+        assert!(ma.member_state(&b).is_none());
+
+        // b heard anew (a newer heartbeat) is tracked again.
+        mb.update_self(|_| {});
+        ma.gossip_with(&mb);
+        assert!(ma.member_state(&b).is_some());
     }
 
     #[tokio::test]

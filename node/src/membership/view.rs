@@ -17,6 +17,10 @@ use crate::config::ClusterSettings;
 use crate::ring::planner::{self, PlanConfig, PlanError};
 use crate::ring::{MemberId, PartitionId, Ring, RingMember};
 
+/// What [`ClusterView::base`] and [`ClusterView::current`] answer for a view without
+/// rings (one that failed [`ClusterView::validate`] and is never adopted).
+static NO_RING: Ring = Ring::EMPTY;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MemberStatus {
@@ -135,12 +139,12 @@ impl ClusterView {
     }
 
     pub fn base(&self) -> &Ring {
-        &self.rings[0]
+        self.rings.first().unwrap_or(&NO_RING)
     }
 
     /// The newest ring: where partitions are going.
     pub fn current(&self) -> &Ring {
-        &self.rings[self.rings.len() - 1]
+        self.rings.last().unwrap_or(&NO_RING)
     }
 
     pub fn in_transition(&self) -> bool {
@@ -387,6 +391,19 @@ mod tests {
             partitions: 64,
             ..Default::default()
         }
+    }
+
+    /// A view without rings (decoded from a damaged disk or a hostile peer) is refused by
+    /// `validate`, and asking it for its rings answers an empty one instead of panicking.
+    #[test]
+    fn a_view_without_rings_is_invalid_and_does_not_panic() {
+        let mut v = cluster(&["a"]);
+        v.rings.clear();
+        assert!(matches!(v.validate(), Err(ViewError::Malformed(_))));
+        assert_eq!(v.base().partition_count(), 0);
+        assert_eq!(v.current().members().len(), 0);
+        assert!(!v.in_transition());
+        assert!(v.base().walk(3).is_empty());
     }
 
     fn cluster(ids: &[&str]) -> ClusterView {

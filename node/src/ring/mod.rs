@@ -198,6 +198,14 @@ impl Ring {
         })
     }
 
+    /// A ring of no members and no partitions: what a view without rings answers instead
+    /// of panicking (such a view is never adopted: `ClusterView::validate` refuses it).
+    pub const EMPTY: Ring = Ring {
+        epoch: 0,
+        members: Vec::new(),
+        owners: Vec::new(),
+    };
+
     /// Every owner index is in range: checked by [`Ring::from_owners`] and on decoding.
     fn member_at(&self, i: u16) -> &RingMember {
         &self.members[usize::from(i)]

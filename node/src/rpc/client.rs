@@ -302,7 +302,9 @@ impl RpcClient {
             },
         )
         .await?;
-        let (server, server_nonce, server_proof) = match frame::read_frame(reader).await?.body {
+        // The server has proven nothing yet: its frames get the handshake's small limit.
+        let challenge = frame::read_frame_limited(reader, frame::MAX_HANDSHAKE_FRAME_BYTES).await?;
+        let (server, server_nonce, server_proof) = match challenge.body {
             FrameBody::Challenge {
                 member,
                 nonce,
@@ -311,7 +313,8 @@ impl RpcClient {
             FrameBody::Refused { reason } => return Err(RpcError::Auth(reason)),
             other => {
                 return Err(RpcError::Codec(format!(
-                    "expected a challenge, got {other:?}"
+                    "expected a challenge, got {}",
+                    other.kind()
                 )));
             }
         };
@@ -342,10 +345,16 @@ impl RpcClient {
             },
         )
         .await?;
-        match frame::read_frame(reader).await?.body {
+        match frame::read_frame_limited(reader, frame::MAX_HANDSHAKE_FRAME_BYTES)
+            .await?
+            .body
+        {
             FrameBody::Welcome => Ok(server),
             FrameBody::Refused { reason } => Err(RpcError::Auth(reason)),
-            other => Err(RpcError::Codec(format!("expected welcome, got {other:?}"))),
+            other => Err(RpcError::Codec(format!(
+                "expected welcome, got {}",
+                other.kind()
+            ))),
         }
     }
 }

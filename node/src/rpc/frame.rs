@@ -22,6 +22,11 @@ use crate::ring::MemberId;
 pub const PROTOCOL_VERSION: u8 = 2;
 /// Frames above this size are refused (values are limited far below it).
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
+/// Frames read before the other side has proven the cluster secret (Hello, Challenge,
+/// Proof, Welcome, Refused) are refused above this size: they hold two ids, a nonce and a
+/// proof, and a connection that has proven nothing must not make a member reserve
+/// [`MAX_FRAME_BYTES`] (24 such connections once took a member from 20 MB to 1.3 GB).
+pub const MAX_HANDSHAKE_FRAME_BYTES: usize = 4 << 10;
 const HEADER_BYTES: usize = 1 + 8;
 
 pub type Nonce = [u8; 32];
@@ -63,6 +68,22 @@ pub enum FrameBody {
     },
     Request(Request),
     Response(Response),
+}
+
+impl FrameBody {
+    /// A short name for logs and refusals: a frame's contents come from the peer and may
+    /// be large, so they are not printed.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FrameBody::Hello { .. } => "hello",
+            FrameBody::Challenge { .. } => "challenge",
+            FrameBody::Proof { .. } => "proof",
+            FrameBody::Welcome => "welcome",
+            FrameBody::Refused { .. } => "refused",
+            FrameBody::Request(r) => r.kind(),
+            FrameBody::Response(_) => "response",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -109,7 +130,17 @@ pub fn decode(bytes: &[u8]) -> Result<Frame, CodecError> {
     })
 }
 
+/// Reads one frame of an authenticated connection (up to [`MAX_FRAME_BYTES`]).
 pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Frame, CodecError> {
+    read_frame_limited(r, MAX_FRAME_BYTES).await
+}
+
+/// Reads one frame, refusing it from its length prefix alone when it declares more than
+/// `max_bytes`: nothing is allocated for a frame that is refused.
+pub async fn read_frame_limited<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max_bytes: usize,
+) -> Result<Frame, CodecError> {
     let mut len = [0u8; 4];
     match r.read_exact(&mut len).await {
         Ok(_) => {}
@@ -117,7 +148,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Frame, CodecE
         Err(e) => return Err(e.into()),
     }
     let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME_BYTES {
+    if len > max_bytes.min(MAX_FRAME_BYTES) {
         return Err(CodecError::TooLarge(len));
     }
     let mut buf = vec![0u8; len];
@@ -227,6 +258,48 @@ mod tests {
         let mut input: &[u8] = &(u32::MAX).to_be_bytes();
         assert!(matches!(
             read_frame(&mut input).await,
+            Err(CodecError::TooLarge(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn handshake_limit_refuses_a_large_declared_frame_before_reading_it() {
+        // A hello-sized frame passes the handshake limit.
+        let hello = encode(&Frame {
+            id: 0,
+            body: FrameBody::Hello {
+                member: MemberId::new("m".repeat(63)),
+                nonce: [7; 32],
+            },
+        })
+        .unwrap();
+        assert!(hello.len() < MAX_HANDSHAKE_FRAME_BYTES);
+        let mut input: &[u8] = &hello;
+        assert!(
+            read_frame_limited(&mut input, MAX_HANDSHAKE_FRAME_BYTES)
+                .await
+                .is_ok()
+        );
+
+        // One byte over the limit is refused from the prefix: the body is never read (it
+        // is not even there), so nothing of its size was allocated or awaited.
+        let over = (MAX_HANDSHAKE_FRAME_BYTES as u32 + 1).to_be_bytes();
+        let mut input: &[u8] = &over;
+        assert!(matches!(
+            read_frame_limited(&mut input, MAX_HANDSHAKE_FRAME_BYTES).await,
+            Err(CodecError::TooLarge(n)) if n == MAX_HANDSHAKE_FRAME_BYTES + 1
+        ));
+        // The same declared size is accepted once authenticated (and then waits for the
+        // body, which here is missing).
+        let mut input: &[u8] = &over;
+        assert!(matches!(
+            read_frame(&mut input).await,
+            Err(CodecError::Io(_))
+        ));
+        // A limit above the global one does not raise it.
+        let mut input: &[u8] = &((MAX_FRAME_BYTES as u32) + 1).to_be_bytes();
+        assert!(matches!(
+            read_frame_limited(&mut input, usize::MAX).await,
             Err(CodecError::TooLarge(_))
         ));
     }

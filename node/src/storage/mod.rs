@@ -42,6 +42,182 @@ const META_SEQUENCE: &[u8] = b"sequence";
 const META_CLEAN: &[u8] = b"clean-shutdown";
 const META_MERKLE_PREFIX: &[u8] = b"merkle/";
 const META_TOMBSTONE_PREFIX: &[u8] = b"tomb/";
+/// Records that failed to decode are kept here (`corrupt/<kind>/<original key>`), out of
+/// the way of scans, for an operator to inspect.
+pub const META_CORRUPT_PREFIX: &[u8] = b"corrupt/";
+
+/// What kind of stored record failed to decode (the label of
+/// `dynamo_corrupt_records_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum CorruptKind {
+    /// A key record.
+    Data,
+    /// A hinted write held for another member.
+    Hint,
+    /// Member metadata (the tombstone index, the saved cluster view).
+    Meta,
+    /// A Merkle tree saved at a clean shutdown.
+    Merkle,
+}
+
+impl CorruptKind {
+    pub const ALL: [CorruptKind; 4] = [
+        CorruptKind::Data,
+        CorruptKind::Hint,
+        CorruptKind::Meta,
+        CorruptKind::Merkle,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CorruptKind::Data => "data",
+            CorruptKind::Hint => "hint",
+            CorruptKind::Meta => "meta",
+            CorruptKind::Merkle => "merkle",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    /// What happens to a corrupt record of this kind (for the log line).
+    fn remedy(self) -> &'static str {
+        match self {
+            CorruptKind::Data => {
+                "moved aside under corrupt/; anti-entropy restores the key from its replicas"
+            }
+            CorruptKind::Hint => {
+                "moved aside under corrupt/; the key's replicas and anti-entropy hold its data"
+            }
+            CorruptKind::Meta => "ignored (moved aside where it is an index entry)",
+            CorruptKind::Merkle => "the tree is rebuilt from the data",
+        }
+    }
+}
+
+/// Counts the corrupt records the store met, and forwards them to the member's metric
+/// once one is attached (records met while opening are counted before it is).
+#[derive(Default)]
+pub struct CorruptionLog {
+    counts: [std::sync::atomic::AtomicU64; 4],
+    sink: Mutex<Option<prometheus::IntCounterVec>>,
+}
+
+impl CorruptionLog {
+    /// Counts one corrupt record and logs it with where it was found.
+    pub fn record(&self, kind: CorruptKind, key: &[u8], reason: &str) {
+        self.counts[kind.index()].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(sink) = self.sink.lock().as_ref() {
+            sink.with_label_values(&[kind.as_str()]).inc();
+        }
+        let partition = match kind {
+            CorruptKind::Data => key
+                .get(..2)
+                .map(|b| u32::from(u16::from_be_bytes([b[0], b[1]]))),
+            _ => None,
+        };
+        tracing::warn!(
+            kind = kind.as_str(),
+            partition = ?partition,
+            key = %String::from_utf8_lossy(key),
+            key_hex = %hex(key),
+            reason,
+            next = kind.remedy(),
+            "skipped a corrupt stored record"
+        );
+    }
+
+    /// Corrupt records of `kind` met so far.
+    pub fn count(&self, kind: CorruptKind) -> u64 {
+        self.counts[kind.index()].load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn attach(&self, counter: prometheus::IntCounterVec) {
+        for kind in CorruptKind::ALL {
+            counter
+                .with_label_values(&[kind.as_str()])
+                .inc_by(self.count(kind));
+        }
+        *self.sink.lock() = Some(counter);
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+/// Where a corrupt record of `space` is kept once moved aside.
+fn corrupt_copy_key(kind: CorruptKind, key: &[u8]) -> Vec<u8> {
+    let mut k = META_CORRUPT_PREFIX.to_vec();
+    k.extend_from_slice(kind.as_str().as_bytes());
+    k.push(b'/');
+    k.extend_from_slice(key);
+    k
+}
+
+fn kind_of(space: Space) -> CorruptKind {
+    match space {
+        Space::Data => CorruptKind::Data,
+        Space::Hints => CorruptKind::Hint,
+        Space::Meta => CorruptKind::Meta,
+    }
+}
+
+/// The operations that move a corrupt record aside: a copy under
+/// [`META_CORRUPT_PREFIX`], the record removed, and for a key record its tombstone index
+/// entry removed (the reaper would otherwise keep finding a key that is gone).
+fn quarantine_ops(space: Space, key: &[u8], raw: Vec<u8>) -> Vec<BatchOp> {
+    let mut ops = vec![
+        BatchOp {
+            space: Space::Meta,
+            key: corrupt_copy_key(kind_of(space), key),
+            value: Some(raw),
+        },
+        BatchOp {
+            space,
+            key: key.to_vec(),
+            value: None,
+        },
+    ];
+    if space == Space::Data {
+        let mut index_key = META_TOMBSTONE_PREFIX.to_vec();
+        index_key.extend_from_slice(key);
+        ops.push(BatchOp {
+            space: Space::Meta,
+            key: index_key,
+            value: None,
+        });
+    }
+    ops
+}
+
+/// A tombstone index entry: `tomb/ ++ data key` → newest tombstone timestamp.
+fn parse_tombstone_entry(k: &[u8], v: &[u8]) -> Option<(PartitionId, Bytes, u64)> {
+    let dk = k.get(META_TOMBSTONE_PREFIX.len()..)?;
+    let p = partition_of(dk)?;
+    let ts = u64::from_be_bytes(v.try_into().ok()?);
+    Some((p, Bytes::copy_from_slice(dk.get(2..)?), ts))
+}
+
+/// The partition of a data key.
+fn partition_of(data_key: &[u8]) -> Option<PartitionId> {
+    data_key
+        .get(..2)
+        .map(|b| u32::from(u16::from_be_bytes([b[0], b[1]])))
+}
+
+/// The member a hint key is held for.
+fn hint_target(hint_key: &[u8]) -> Option<MemberId> {
+    let (&len, rest) = hint_key.split_first()?;
+    let id = rest.get(..usize::from(len))?;
+    Some(MemberId::new(String::from_utf8_lossy(id)))
+}
 
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum StorageError {
@@ -114,6 +290,9 @@ impl Default for StoreConfig {
         }
     }
 }
+
+/// A page of decoded records (raw key, object) and the last raw key the page covered.
+type DecodedPage = (Vec<(Vec<u8>, Object)>, Option<Vec<u8>>);
 
 /// A write coordinated by this member.
 #[derive(Clone, Debug)]
@@ -189,6 +368,12 @@ enum Op {
         key: Vec<u8>,
         value: Option<Vec<u8>>,
     },
+    /// Moves a record that failed to decode aside (if it still fails: it may have been
+    /// rewritten since it was read).
+    Quarantine {
+        space: Space,
+        key: Vec<u8>,
+    },
     /// Commit what is queued, save the Merkle trees, mark the shutdown clean and stop.
     Close,
 }
@@ -220,6 +405,7 @@ struct Shared {
     hint_counts: Mutex<BTreeMap<MemberId, u64>>,
     /// How many times each partition was dropped in this process (see `tenure`).
     tenure: Mutex<BTreeMap<PartitionId, u32>>,
+    corruption: CorruptionLog,
 }
 
 /// Resolves once a write applied by [`Store::apply_coordinated`] is as durable as the
@@ -355,6 +541,7 @@ impl Store {
             merkle: Mutex::new(None),
             hint_counts: Mutex::new(hint_counts),
             tenure: Mutex::new(BTreeMap::new()),
+            corruption: CorruptionLog::default(),
         });
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         let writer = Writer {
@@ -411,6 +598,17 @@ impl Store {
                         (Some(p), Ok(tree)) if p < partitions && tree.is_consistent() => {
                             forest.set(p, tree)
                         }
+                        // A saved tree is only a cache of the data: the scan below
+                        // rebuilds it (and rewrites it at the next clean shutdown).
+                        (Some(p), decoded) if p < partitions => {
+                            let reason = match decoded {
+                                Ok(_) => "inconsistent tree".to_string(),
+                                Err(e) => e.to_string(),
+                            };
+                            shared.corruption.record(CorruptKind::Merkle, &k, &reason);
+                            rebuilt = true;
+                        }
+                        // A tree of a partition count this ring does not have.
                         _ => rebuilt = true,
                     }
                 }
@@ -418,7 +616,7 @@ impl Store {
                 rebuilt = true;
             }
             if rebuilt {
-                forest = rebuild_forest(engine.as_ref(), partitions)?;
+                forest = rebuild_forest(engine.as_ref(), partitions, &shared.corruption)?;
             }
             // From now on the saved trees are stale until the next clean shutdown.
             engine.write(
@@ -441,6 +639,23 @@ impl Store {
         }
     }
 
+    /// Runs `work` (a scan, a decode of many records) off the runtime's worker threads
+    /// when the engine blocks on disk; inline on an engine that never blocks (the
+    /// in-memory one of tests and the simulation, which must stay deterministic).
+    pub async fn run_blocking<T, F>(&self, work: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        if self.engine.blocking() {
+            tokio::task::spawn_blocking(work)
+                .await
+                .map_err(|e| StorageError::Engine(e.to_string()))
+        } else {
+            Ok(work())
+        }
+    }
+
     async fn submit(&self, op: Op) -> Result<OpResult, StorageError> {
         let (reply, rx) = oneshot::channel();
         self.tx
@@ -450,9 +665,89 @@ impl Store {
         rx.await.map_err(|_| StorageError::Closed)?
     }
 
-    /// The local record of a key.
+    /// The local record of a key. A record that fails to decode is an error for this
+    /// read (the coordinator asks another replica), counted and moved aside, so the next
+    /// exchange restores it from the replicas.
     pub fn get(&self, partition: PartitionId, key: &[u8]) -> Result<Option<Object>, StorageError> {
-        load(self.engine.as_ref(), Space::Data, &data_key(partition, key))
+        let dk = data_key(partition, key);
+        match self.engine.get(Space::Data, &dk)? {
+            None => Ok(None),
+            Some(bytes) => decode_record(&bytes).map(Some).map_err(|reason| {
+                self.found_corrupt(Space::Data, &dk, &reason);
+                corrupt(&dk, reason)
+            }),
+        }
+    }
+
+    /// Counts a record that failed to decode and asks the writer to move it aside. The
+    /// request is not awaited (readers run outside the writer, some on the blocking
+    /// pool); if the queue is full it is dropped and the next read finds the record again.
+    fn found_corrupt(&self, space: Space, key: &[u8], reason: &str) {
+        self.shared.corruption.record(kind_of(space), key, reason);
+        let (reply, _) = oneshot::channel();
+        let _ = self.tx.try_send(Pending {
+            op: Op::Quarantine {
+                space,
+                key: key.to_vec(),
+            },
+            reply,
+        });
+    }
+
+    /// The corrupt records met so far.
+    pub fn corruption(&self) -> &CorruptionLog {
+        &self.shared.corruption
+    }
+
+    /// Counts corrupt records in `counter` (labelled by kind) from now on, and those met
+    /// before.
+    pub fn report_corruption_to(&self, counter: prometheus::IntCounterVec) {
+        self.shared.corruption.attach(counter);
+    }
+
+    /// Decodes a page of raw records of `space`, skipping (counting, moving aside) those
+    /// that fail. Returns the decoded records and the last raw key, so that a caller
+    /// pages on past a corrupt record instead of stopping at it.
+    fn decode_page(&self, space: Space, raw: Vec<(Vec<u8>, Vec<u8>)>) -> DecodedPage {
+        let last = raw.last().map(|(k, _)| k.clone());
+        let decoded = raw
+            .into_iter()
+            .filter_map(|(k, v)| match decode_record(&v) {
+                Ok(obj) => Some((k, obj)),
+                Err(reason) => {
+                    self.found_corrupt(space, &k, &reason);
+                    None
+                }
+            })
+            .collect();
+        (decoded, last)
+    }
+
+    /// Up to `limit` decodable records of `space` in `[start, end)`; fewer only when the
+    /// range is exhausted. Corrupt records are skipped (and moved aside), never returned
+    /// as an error: one bad record must not stall every scan of its range.
+    fn scan_decoded(
+        &self,
+        space: Space,
+        mut start: Vec<u8>,
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Object)>, StorageError> {
+        let mut out = Vec::new();
+        loop {
+            let want = limit - out.len();
+            let raw = self.engine.scan(space, &start, end, want)?;
+            let exhausted = raw.len() < want;
+            let (decoded, last) = self.decode_page(space, raw);
+            out.extend(decoded);
+            match last {
+                Some(last) if !exhausted && out.len() < limit => {
+                    start = last;
+                    start.push(0);
+                }
+                _ => return Ok(out),
+            }
+        }
     }
 
     /// Applies a write coordinated here; answers once it is durable, with the new record
@@ -580,7 +875,9 @@ impl Store {
             .map(|_| ())
     }
 
-    /// Up to `limit` records of a partition with keys after `after` (exclusive).
+    /// Up to `limit` records of a partition with keys after `after` (exclusive); fewer
+    /// only at the partition's end. Records that fail to decode are skipped, counted and
+    /// moved aside.
     pub fn scan_partition(
         &self,
         partition: PartitionId,
@@ -596,14 +893,11 @@ impl Store {
             }
             None => start,
         };
-        self.engine
-            .scan(Space::Data, &start, end.as_deref(), limit)?
+        Ok(self
+            .scan_decoded(Space::Data, start, end.as_deref(), limit)?
             .into_iter()
-            .map(|(k, v)| {
-                let obj = decode_record(&v).map_err(|r| corrupt(&k, r))?;
-                Ok((Bytes::copy_from_slice(k.get(2..).unwrap_or_default()), obj))
-            })
-            .collect()
+            .map(|(k, obj)| (Bytes::copy_from_slice(k.get(2..).unwrap_or_default()), obj))
+            .collect())
     }
 
     /// Stores (merging) a hinted write for `target`.
@@ -633,28 +927,28 @@ impl Store {
         }
     }
 
-    /// Hints held for `target`, up to `limit`.
+    /// Hints held for `target`, up to `limit`. Hints that fail to decode are skipped,
+    /// counted and moved aside (their data lives on the other replicas).
     pub fn hints_for(&self, target: &MemberId, limit: usize) -> Result<Vec<Hint>, StorageError> {
         let prefix = hint_prefix(target);
         let end = prefix_end(&prefix);
-        self.engine
-            .scan(Space::Hints, &prefix, end.as_deref(), limit)?
+        Ok(self
+            .scan_decoded(Space::Hints, prefix.clone(), end.as_deref(), limit)?
             .into_iter()
-            .map(|(k, v)| {
+            .map(|(k, object)| {
                 let rest = k.get(prefix.len()..).unwrap_or_default();
                 let partition = rest
                     .get(..2)
                     .map_or(0, |b| u32::from(u16::from_be_bytes([b[0], b[1]])));
                 let key = Bytes::copy_from_slice(rest.get(2..).unwrap_or_default());
-                let object = decode_record(&v).map_err(|r| corrupt(&k, r))?;
-                Ok(Hint {
+                Hint {
                     target: target.clone(),
                     partition,
                     key,
                     object,
-                })
+                }
             })
-            .collect()
+            .collect())
     }
 
     /// A hinted copy of one key held for `target`, if any.
@@ -699,10 +993,13 @@ impl Store {
         Ok(entries
             .into_iter()
             .filter_map(|(k, v)| {
-                let dk = k.get(META_TOMBSTONE_PREFIX.len()..)?;
-                let p = u32::from(u16::from_be_bytes([*dk.first()?, *dk.get(1)?]));
-                let ts = u64::from_be_bytes(v.as_slice().try_into().ok()?);
-                Some((p, Bytes::copy_from_slice(dk.get(2..)?), ts))
+                let parsed = parse_tombstone_entry(&k, &v);
+                if parsed.is_none() {
+                    // An index entry only: the record itself is still read (and checked)
+                    // where it lives; the entry is moved aside.
+                    self.found_corrupt(Space::Meta, &k, "malformed tombstone index entry");
+                }
+                parsed
             })
             .collect())
     }
@@ -781,24 +1078,49 @@ impl Store {
     }
 }
 
-fn rebuild_forest(engine: &dyn Engine, partitions: u32) -> Result<MerkleForest, StorageError> {
+fn rebuild_forest(
+    engine: &dyn Engine,
+    partitions: u32,
+    corruption: &CorruptionLog,
+) -> Result<MerkleForest, StorageError> {
     let mut forest = MerkleForest::new(partitions);
-    let mut start = Vec::new();
+    rebuild_range(engine, &mut forest, Vec::new(), None, corruption)?;
+    Ok(forest)
+}
+
+/// Adds every data record in `[start, end)` to `forest`. A record that fails to decode is
+/// counted and moved aside at once (this runs at startup or on the writer, with no write
+/// of the key in flight), so one bad record never stops a member from starting.
+fn rebuild_range(
+    engine: &dyn Engine,
+    forest: &mut MerkleForest,
+    mut start: Vec<u8>,
+    end: Option<&[u8]>,
+    corruption: &CorruptionLog,
+) -> Result<(), StorageError> {
     loop {
-        let page = engine.scan(Space::Data, &start, None, 4096)?;
+        let page = engine.scan(Space::Data, &start, end, 4096)?;
         let Some((last, _)) = page.last() else { break };
         start = last.clone();
         start.push(0);
-        for (k, v) in &page {
-            let (Some(p), Some(user_key)) = (k.get(..2), k.get(2..)) else {
+        let mut aside = Vec::new();
+        for (k, v) in page {
+            let (Some(p), Some(user_key)) = (partition_of(&k), k.get(2..)) else {
                 continue;
             };
-            let p = u32::from(u16::from_be_bytes([p[0], p[1]]));
-            let obj = decode_record(v).map_err(|r| corrupt(k, r))?;
-            forest.apply(p, user_key, key_hash(user_key), 0, obj.digest());
+            match decode_record(&v) {
+                Ok(obj) => forest.apply(p, user_key, key_hash(user_key), 0, obj.digest()),
+                Err(reason) => {
+                    corruption.record(CorruptKind::Data, &k, &reason);
+                    aside.extend(quarantine_ops(Space::Data, &k, v));
+                }
+            }
+        }
+        if !aside.is_empty() {
+            engine.write(&aside, true)?;
         }
     }
-    Ok(forest)
+    Ok(())
 }
 
 /// How long after a failed memtable seal the writer tries again (fjall's own rotation is
@@ -867,6 +1189,8 @@ struct BatchState {
     hint_deltas: BTreeMap<MemberId, i64>,
     /// Coordinated writes waiting to hear that the batch is durable.
     durable: Vec<oneshot::Sender<Result<(), StorageError>>>,
+    /// Partitions whose tree is rebuilt after the commit (a corrupt record left them).
+    rebuild: std::collections::BTreeSet<PartitionId>,
 }
 
 impl Writer {
@@ -958,11 +1282,47 @@ impl Writer {
             .as_ref()
             .map(MerkleForest::partitions);
         if let Some(q) = partitions {
-            match rebuild_forest(self.engine.as_ref(), q) {
+            match rebuild_forest(self.engine.as_ref(), q, &self.shared.corruption) {
                 Ok(forest) => *self.shared.merkle.lock() = Some(forest),
                 Err(e) => {
                     tracing::error!(error = %e, "rebuilding the Merkle trees after an engine reopen failed")
                 }
+            }
+        }
+    }
+
+    /// Rebuilds one partition's tree from what is stored (after a corrupt record of it
+    /// was moved aside, whose contribution to the tree is unknown). Runs on the writer,
+    /// so no write interleaves with the scan.
+    fn rebuild_partition_tree(&mut self, p: PartitionId) {
+        let Some(q) = self
+            .shared
+            .merkle
+            .lock()
+            .as_ref()
+            .map(MerkleForest::partitions)
+        else {
+            return;
+        };
+        let (start, end) = partition_range(p);
+        let mut scratch = MerkleForest::new(q);
+        match rebuild_range(
+            self.engine.as_ref(),
+            &mut scratch,
+            start,
+            end.as_deref(),
+            &self.shared.corruption,
+        ) {
+            Ok(()) => {
+                if let Some(forest) = self.shared.merkle.lock().as_mut() {
+                    match scratch.tree(p) {
+                        Some(tree) => forest.set(p, tree.clone()),
+                        None => forest.clear(p),
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(partition = p, error = %e, "rebuilding a partition's Merkle tree failed")
             }
         }
     }
@@ -1042,15 +1402,50 @@ impl Writer {
         }
     }
 
+    /// The current record of a key as this batch sees it. A stored record that fails to
+    /// decode reads as absent and is moved aside in the same batch: a write or a replica's
+    /// merge then replaces it (this is how anti-entropy restores it) instead of failing
+    /// on it forever.
     fn read(
         &self,
-        state: &BatchState,
+        state: &mut BatchState,
         space: Space,
         key: &[u8],
     ) -> Result<Option<Object>, StorageError> {
-        match state.overlay.get(&(space, key.to_vec())) {
-            Some(v) => Ok(v.clone()),
-            None => load(self.engine.as_ref(), space, key),
+        if let Some(v) = state.overlay.get(&(space, key.to_vec())) {
+            return Ok(v.clone());
+        }
+        let Some(raw) = self.engine.get(space, key)? else {
+            return Ok(None);
+        };
+        match decode_record(&raw) {
+            Ok(obj) => Ok(Some(obj)),
+            Err(reason) => {
+                self.shared.corruption.record(kind_of(space), key, &reason);
+                Self::stage_quarantine(state, space, key, raw);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Stages moving a corrupt record aside. Its Merkle contribution is unknown (it cannot
+    /// be decoded), so a data record's partition tree is rebuilt once the batch commits;
+    /// a hint leaves its target's count.
+    fn stage_quarantine(state: &mut BatchState, space: Space, key: &[u8], raw: Vec<u8>) {
+        state.ops.extend(quarantine_ops(space, key, raw));
+        state.overlay.insert((space, key.to_vec()), None);
+        match space {
+            Space::Data => {
+                if let Some(p) = partition_of(key) {
+                    state.rebuild.insert(p);
+                }
+            }
+            Space::Hints => {
+                if let Some(target) = hint_target(key) {
+                    *state.hint_deltas.entry(target).or_insert(0) -= 1;
+                }
+            }
+            Space::Meta => {}
         }
     }
 
@@ -1235,6 +1630,20 @@ impl Writer {
                 });
                 Ok(OpResult::Done(true))
             }
+            Op::Quarantine { space, key } => {
+                if state.overlay.contains_key(&(space, key.clone())) {
+                    // Rewritten (or already moved aside) in this batch.
+                    return Ok(OpResult::Done(false));
+                }
+                match self.engine.get(space, &key)? {
+                    Some(raw) if space == Space::Meta || decode_record(&raw).is_err() => {
+                        Self::stage_quarantine(state, space, &key, raw);
+                        Ok(OpResult::Done(true))
+                    }
+                    // Gone, or rewritten with a good record since it was read.
+                    _ => Ok(OpResult::Done(false)),
+                }
+            }
             Op::Close => Ok(OpResult::Done(true)),
         }
     }
@@ -1246,6 +1655,7 @@ impl Writer {
             merkle: Vec::new(),
             hint_deltas: BTreeMap::new(),
             durable: Vec::new(),
+            rebuild: std::collections::BTreeSet::new(),
         };
         let sequence_before = self.sequence;
         let mut results = Vec::with_capacity(batch.len());
@@ -1306,6 +1716,9 @@ impl Writer {
                     for (p, key, old, new) in &state.merkle {
                         forest.apply(*p, key, key_hash(key), *old, *new);
                     }
+                }
+                for p in std::mem::take(&mut state.rebuild) {
+                    self.rebuild_partition_tree(p);
                 }
                 let mut counts = self.shared.hint_counts.lock();
                 for (target, delta) in state.hint_deltas {

@@ -729,3 +729,213 @@ async fn periodic_sync_does_not_hold_up_writes() {
     .expect("the writes made during the held sync were never synced");
     assert!(store.get(1, b"during-3").unwrap().is_some());
 }
+
+/// Writes raw bytes under a key, as a damaged disk would leave them.
+fn plant(engine: &MemoryEngine, space: Space, key: Vec<u8>, raw: &[u8]) {
+    engine
+        .write(
+            &[BatchOp {
+                space,
+                key,
+                value: Some(raw.to_vec()),
+            }],
+            false,
+        )
+        .unwrap();
+}
+
+/// Waits until the writer has handled everything queued before this call (a
+/// quarantine request is queued without being awaited).
+async fn drain_writer(store: &Store) {
+    store.meta_put(b"drain", None).await.unwrap();
+}
+
+const GARBAGE: &[u8] = &[RECORD_FORMAT_VERSION, 0xff, 0xff, 0xff, 0xff, 0xff, 0x13];
+
+/// One undecodable record in a partition does not fail its scan: the good records are
+/// returned (pages stay full, so callers do not take a short page for the end), the bad
+/// one is counted, moved aside under `corrupt/data/`, and the partition's tree forgets
+/// it, so the tree matches that of a replica holding only the good records and
+/// anti-entropy will bring the key back.
+#[tokio::test]
+async fn corrupt_data_record_is_skipped_counted_and_moved_aside() {
+    let engine = MemoryEngine::new();
+    let store = open_memory(&engine).await;
+    let healthy = open_memory(&MemoryEngine::new()).await;
+    for (i, name) in ["a", "b", "c", "d"].iter().enumerate() {
+        let (obj, _) = fresh_version(10 + i as u64, b"v", 1);
+        for s in [&store, &healthy] {
+            s.merge(
+                3,
+                Bytes::from_static(name.as_bytes()),
+                obj.clone(),
+                ConflictMode::Siblings,
+            )
+            .await
+            .unwrap();
+        }
+    }
+    // "bb" was a good record (the tree counts it), then its bytes rotted on disk.
+    let (rotted, _) = fresh_version(99, b"x", 1);
+    store
+        .merge(3, Bytes::from_static(b"bb"), rotted, ConflictMode::Siblings)
+        .await
+        .unwrap();
+    plant(&engine, Space::Data, data_key(3, b"bb"), GARBAGE);
+    assert_ne!(store.merkle_root(3), healthy.merkle_root(3));
+
+    // A page of 2 skips it and still holds 2 records; paging on finds the rest.
+    let page = store.scan_partition(3, None, 2).unwrap();
+    let keys: Vec<&[u8]> = page.iter().map(|(k, _)| k.as_ref()).collect();
+    assert_eq!(keys, vec![&b"a"[..], &b"b"[..]]);
+    let rest = store.scan_partition(3, Some(b"b"), 10).unwrap();
+    let keys: Vec<&[u8]> = rest.iter().map(|(k, _)| k.as_ref()).collect();
+    assert_eq!(keys, vec![&b"c"[..], &b"d"[..]]);
+    assert_eq!(store.corruption().count(CorruptKind::Data), 1);
+
+    drain_writer(&store).await;
+    assert_eq!(engine.get(Space::Data, &data_key(3, b"bb")).unwrap(), None);
+    let aside = corrupt_copy_key(CorruptKind::Data, &data_key(3, b"bb"));
+    assert_eq!(
+        engine.get(Space::Meta, &aside).unwrap().as_deref(),
+        Some(GARBAGE)
+    );
+    assert_eq!(store.merkle_root(3), healthy.merkle_root(3));
+    // Not met again.
+    assert_eq!(store.scan_partition(3, None, 10).unwrap().len(), 4);
+    assert_eq!(store.corruption().count(CorruptKind::Data), 1);
+}
+
+/// A replica's merge over a corrupt record replaces it (this is how anti-entropy and read
+/// repair restore the key) instead of failing on it.
+#[tokio::test]
+async fn merge_replaces_a_corrupt_record() {
+    let engine = MemoryEngine::new();
+    let store = open_memory(&engine).await;
+    plant(&engine, Space::Data, data_key(4, b"k"), GARBAGE);
+    assert!(matches!(
+        store.get(4, b"k"),
+        Err(StorageError::Corrupt { .. })
+    ));
+    let (obj, _) = fresh_version(3, b"restored", 5);
+    let merged = store
+        .merge(
+            4,
+            Bytes::from_static(b"k"),
+            obj.clone(),
+            ConflictMode::Siblings,
+        )
+        .await
+        .unwrap();
+    assert!(merged.changed);
+    assert_eq!(store.get(4, b"k").unwrap(), Some(obj));
+    assert!(store.corruption().count(CorruptKind::Data) >= 1);
+}
+
+/// One undecodable hint does not block its target's queue; it is counted, moved aside and
+/// leaves the target's hint count.
+#[tokio::test]
+async fn corrupt_hint_does_not_block_the_queue() {
+    let engine = MemoryEngine::new();
+    let store = open_memory(&engine).await;
+    let target = MemberId::new("m2");
+    for name in ["a", "c"] {
+        let (obj, _) = fresh_version(1, b"v", 1);
+        store
+            .put_hint(
+                Hint {
+                    target: target.clone(),
+                    partition: 2,
+                    key: Bytes::from_static(name.as_bytes()),
+                    object: obj,
+                },
+                ConflictMode::Siblings,
+            )
+            .await
+            .unwrap();
+    }
+    plant(&engine, Space::Hints, hint_key(&target, 2, b"b"), GARBAGE);
+    // Reopened so the hint count includes the planted key, as after a restart.
+    drop(store);
+    let store = Store::open(Arc::new(engine.clone()), StoreConfig::default()).unwrap();
+    store.init_partitions(64).await.unwrap();
+    assert_eq!(store.hint_counts().get(&target), Some(&3));
+    let hints = store.hints_for(&target, 10).unwrap();
+    let keys: Vec<&[u8]> = hints.iter().map(|h| h.key.as_ref()).collect();
+    assert_eq!(keys, vec![&b"a"[..], &b"c"[..]]);
+    assert_eq!(store.corruption().count(CorruptKind::Hint), 1);
+    drain_writer(&store).await;
+    assert_eq!(store.hint_counts().get(&target), Some(&2));
+    assert_eq!(
+        engine
+            .get(Space::Hints, &hint_key(&target, 2, b"b"))
+            .unwrap(),
+        None
+    );
+}
+
+/// After an unclean shutdown the trees are rebuilt by a scan; a corrupt record there is
+/// skipped and moved aside instead of stopping the member from starting. A corrupt saved
+/// tree after a clean shutdown is counted and rebuilt from the data.
+#[tokio::test]
+async fn startup_survives_corrupt_records_and_trees() {
+    let engine = MemoryEngine::new();
+    let store = open_memory(&engine).await;
+    for name in ["a", "b"] {
+        let (obj, _) = fresh_version(1, b"v", 1);
+        store
+            .merge(
+                7,
+                Bytes::from_static(name.as_bytes()),
+                obj,
+                ConflictMode::Siblings,
+            )
+            .await
+            .unwrap();
+    }
+    let root = store.merkle_root(7);
+    plant(&engine, Space::Data, data_key(7, b"zz"), GARBAGE);
+    drop(store);
+
+    let crashed = Store::open(Arc::new(engine.clone()), StoreConfig::default()).unwrap();
+    assert!(crashed.init_partitions(64).await.unwrap());
+    assert_eq!(crashed.corruption().count(CorruptKind::Data), 1);
+    assert_eq!(crashed.merkle_root(7), root);
+    assert_eq!(engine.get(Space::Data, &data_key(7, b"zz")).unwrap(), None);
+    crashed.close().await.unwrap();
+    drop(crashed);
+
+    // A clean shutdown saved the tree of partition 7; its bytes rot.
+    let mut tree_key = META_MERKLE_PREFIX.to_vec();
+    tree_key.extend_from_slice(&7u32.to_be_bytes());
+    assert!(engine.get(Space::Meta, &tree_key).unwrap().is_some());
+    plant(&engine, Space::Meta, tree_key, &[0xff; 9]);
+    let reopened = Store::open(Arc::new(engine), StoreConfig::default()).unwrap();
+    assert!(
+        reopened.init_partitions(64).await.unwrap(),
+        "a bad tree must be rebuilt"
+    );
+    assert_eq!(reopened.corruption().count(CorruptKind::Merkle), 1);
+    assert_eq!(reopened.merkle_root(7), root);
+}
+
+/// The counter attached after the store met corrupt records counts those too.
+#[tokio::test]
+async fn corruption_counter_includes_records_met_before_it_was_attached() {
+    let engine = MemoryEngine::new();
+    plant(&engine, Space::Data, data_key(1, b"x"), GARBAGE);
+    let store = open_memory(&engine).await;
+    let metrics = crate::metrics::Metrics::new();
+    store.report_corruption_to(metrics.corrupt_records.clone());
+    plant(&engine, Space::Data, data_key(1, b"y"), GARBAGE);
+    assert!(store.scan_partition(1, None, 10).unwrap().is_empty());
+    let text = metrics.render();
+    assert!(
+        text.contains("dynamo_corrupt_records_total{kind=\"data\"} 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("dynamo_corrupt_records_total{kind=\"hint\"} 0"),
+        "{text}"
+    );
+}
