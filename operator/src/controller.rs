@@ -29,8 +29,11 @@ use crate::builders::{
 };
 use crate::crd::{DynamoCluster, DynamoClusterStatus, ReclaimPolicy};
 use crate::metrics::Metrics;
-use crate::plan::{self, Action as Step, ClusterObs, Observed, Plan, PodObs, PvcObs};
-use crate::status::{self, AVAILABLE, DEGRADED, REBALANCING, StatusInputs};
+use crate::plan::{self, Action as Step, ClusterObs, Observed, Plan, PodObs, PodProblem, PvcObs};
+use crate::status::{
+    self, AVAILABLE, DEGRADED, MEMBERS_HEALTHY, PROGRESS_DEADLINE_EXCEEDED, REBALANCING,
+    StatusInputs,
+};
 
 /// Finalizer on every DynamoCluster: lets the operator apply the volume reclaim policy.
 pub const FINALIZER: &str = "dynamo.dev/cleanup";
@@ -119,6 +122,9 @@ pub struct Context {
     monitoring: Mutex<Option<(Instant, bool)>>,
     /// Consecutive failures per cluster, for the error backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// Seconds added to the wall clock: tests move time past a progress deadline without
+    /// waiting for it.
+    clock_offset_seconds: Mutex<i64>,
 }
 
 impl Context {
@@ -143,7 +149,24 @@ impl Context {
             timing,
             monitoring: Mutex::new(None),
             failures: Mutex::new(HashMap::new()),
+            clock_offset_seconds: Mutex::new(0),
         }
+    }
+
+    /// The time conditions and progress deadlines are computed with.
+    pub fn now(&self) -> Time {
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let offset = *self.clock_offset_seconds.lock();
+        Time(
+            now.checked_add(k8s_openapi::jiff::SignedDuration::from_secs(offset))
+                .unwrap_or(now),
+        )
+    }
+
+    /// Moves this context's clock forward (tests of deadlines).
+    #[cfg(test)]
+    pub(crate) fn advance_clock(&self, seconds: i64) {
+        *self.clock_offset_seconds.lock() += seconds;
     }
 
     async fn service_monitor_crd(&self) -> bool {
@@ -322,7 +345,75 @@ async fn https_ca(
     Ok(Some(Arc::from(ca)))
 }
 
-fn pod_obs(pod: &Pod, update_revision: Option<&str>) -> PodObs {
+/// Container waiting reasons that mean the member cannot run until someone acts (a fixed
+/// image, a Secret, a working binary); `ContainerCreating` and `PodInitializing` are not.
+pub const FAILED_WAITING_REASONS: &[&str] = &[
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "ErrImageNeverPull",
+    "InvalidImageName",
+    "CrashLoopBackOff",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+];
+
+/// Why Kubernetes cannot run a pod: a (init) container waiting for one of
+/// [`FAILED_WAITING_REASONS`], or the scheduler's `PodScheduled=False`.
+pub fn pod_problem(pod: &Pod) -> Option<PodProblem> {
+    let status = pod.status.as_ref()?;
+    let containers = status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(status.container_statuses.iter().flatten());
+    for c in containers {
+        let Some(waiting) = c.state.as_ref().and_then(|s| s.waiting.as_ref()) else {
+            continue;
+        };
+        let Some(reason) = waiting
+            .reason
+            .as_deref()
+            .filter(|r| FAILED_WAITING_REASONS.contains(r))
+        else {
+            continue;
+        };
+        let mut message = format!("container {}", c.name);
+        if let Some(m) = waiting.message.as_deref().filter(|m| !m.is_empty()) {
+            message.push_str(": ");
+            message.push_str(m);
+        }
+        // A crash loop's own message says only "back-off"; the last exit says why.
+        if let Some(last) = c.last_state.as_ref().and_then(|s| s.terminated.as_ref()) {
+            message.push_str(&format!(" (last exit code {}", last.exit_code));
+            if let Some(r) = last.reason.as_deref() {
+                message.push_str(&format!(", {r}"));
+            }
+            message.push(')');
+        }
+        return Some(PodProblem {
+            reason: reason.into(),
+            message,
+        });
+    }
+    let unscheduled = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "PodScheduled" && c.status == "False")?;
+    Some(PodProblem {
+        reason: unscheduled
+            .reason
+            .clone()
+            .unwrap_or_else(|| "Unschedulable".into()),
+        message: unscheduled
+            .message
+            .clone()
+            .unwrap_or_else(|| "the scheduler found no node for the pod".into()),
+    })
+}
+
+pub fn pod_obs(pod: &Pod, update_revision: Option<&str>) -> PodObs {
     let status = pod.status.as_ref();
     let running = status
         .and_then(|s| s.container_statuses.as_ref())
@@ -348,6 +439,23 @@ fn pod_obs(pod: &Pod, update_revision: Option<&str>) -> PodObs {
             (Some(want), Some(have)) => want == have,
             _ => true,
         },
+        problem: pod_problem(pod),
+    }
+}
+
+/// A member claim as observed.
+pub fn pvc_obs(claim: &PersistentVolumeClaim) -> PvcObs {
+    let pending = claim
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .is_none_or(|phase| phase == "Pending");
+    PvcObs {
+        holds_data: claim.annotations().contains_key(ANNOTATION_HOLDS_DATA),
+        terminating: claim.metadata.deletion_timestamp.is_some(),
+        pending_since: pending
+            .then(|| claim.metadata.creation_timestamp.as_ref().map(|t| t.0))
+            .flatten(),
     }
 }
 
@@ -583,7 +691,7 @@ async fn apply(dc: &DynamoCluster, ctx: &Context) -> Result<Action, Error> {
         Err(e) => {
             // Tell the user in the status, then let the error policy back off.
             let mut status = dc.status.clone().unwrap_or_default();
-            let now = Time(k8s_openapi::jiff::Timestamp::now());
+            let now = ctx.now();
             let message = e.to_string();
             let previous = status
                 .conditions
@@ -679,13 +787,7 @@ async fn apply_inner(dc: &DynamoCluster, ctx: &Context) -> Result<Action, Error>
         .await?
         .items
         .iter()
-        .filter_map(|c| {
-            let obs = PvcObs {
-                holds_data: c.annotations().contains_key(ANNOTATION_HOLDS_DATA),
-                terminating: c.metadata.deletion_timestamp.is_some(),
-            };
-            Some((names.pvc_ordinal(&c.name_any())?, obs))
-        })
+        .filter_map(|c| Some((names.pvc_ordinal(&c.name_any())?, pvc_obs(c))))
         .collect();
     let (cluster, unclustered, failures) =
         observe_cluster(ctx.admin.as_ref(), &address, &names, &token, &pods).await;
@@ -841,7 +943,7 @@ async fn apply_inner(dc: &DynamoCluster, ctx: &Context) -> Result<Action, Error>
     if outcome.bootstrapped {
         plan_for_status.bootstrapped = true;
     }
-    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let now = ctx.now();
     let new_status = status::compute(&StatusInputs {
         dc,
         names: &names,
@@ -852,6 +954,13 @@ async fn apply_inner(dc: &DynamoCluster, ctx: &Context) -> Result<Action, Error>
         now,
     });
     transition_events(dc, ctx, &previous, &new_status, &plan).await;
+    ctx.metrics.observe_cluster(
+        &ns,
+        &names.cluster,
+        dc.spec.replicas,
+        &new_status,
+        plan.phase,
+    );
     if dc.status.as_ref() != Some(&new_status) {
         patch_status(dc, ctx, &new_status).await?;
     }
@@ -946,16 +1055,53 @@ async fn transition_events(
         )
         .await;
     }
+    // One Warning per member failure as it appears (or changes reason): the event names
+    // the pod, its reason is Kubernetes' own (`ImagePullBackOff`, `Unschedulable`, ...).
+    for member in &after.members {
+        let (Some(reason), Some(message)) = (&member.reason, &member.message) else {
+            continue;
+        };
+        let before_reason = before
+            .members
+            .iter()
+            .find(|m| m.name == member.name)
+            .and_then(|m| m.reason.as_ref());
+        if before_reason != Some(reason) {
+            publish(
+                ctx,
+                dc,
+                EventType::Warning,
+                reason,
+                "Observe",
+                format!("{}: {message}", member.name),
+            )
+            .await;
+        }
+    }
+    if let Some((s, _, msg)) = now(MEMBERS_HEALTHY)
+        && s == "True"
+        && was(MEMBERS_HEALTHY).is_some_and(|c| c.0 == "False")
+    {
+        publish(ctx, dc, EventType::Normal, "MembersHealthy", "Observe", msg).await;
+    }
+    let member_reason = now(MEMBERS_HEALTHY).filter(|c| c.0 == "False").map(|c| c.1);
     if let Some((s, reason, msg)) = now(DEGRADED)
         && s == "True"
         && reason != "ScaleRefused"
+        // A member failure already has its own event, under its own reason.
+        && Some(&reason) != member_reason.as_ref()
         && was(DEGRADED).map(|c| (c.0, c.1)) != Some((s.clone(), reason.clone()))
     {
+        let event_reason = if reason == PROGRESS_DEADLINE_EXCEEDED {
+            PROGRESS_DEADLINE_EXCEEDED
+        } else {
+            "Degraded"
+        };
         publish(
             ctx,
             dc,
             EventType::Warning,
-            "Degraded",
+            event_reason,
             "Observe",
             format!("{reason}: {msg}"),
         )
@@ -1012,6 +1158,7 @@ async fn cleanup(dc: &DynamoCluster, ctx: &Context) -> Result<Action, Error> {
         }
     }
     ctx.failures.lock().remove(&key(dc));
+    ctx.metrics.forget_cluster(&names.namespace, &names.cluster);
     Ok(Action::await_change())
 }
 

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{
     Affinity, ResourceRequirements, Toleration, TopologySpreadConstraint,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -121,6 +121,15 @@ pub struct DynamoClusterSpec {
     /// and accept only peers whose certificate the CA signed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_tls: Option<PeerTls>,
+    /// Seconds a change (creation, scale, rolling update, rebalance) may go without
+    /// progress before the cluster is reported `Degraded` with reason
+    /// `ProgressDeadlineExceeded` and the cause (e.g. a pod in `ImagePullBackOff`).
+    /// Progress is any change of what the operator waits for, of the ready or updated
+    /// member counts, of the ring epoch or of the pending handoffs. The operator keeps
+    /// trying after the deadline; it only reports.
+    #[serde(default = "default_progress_deadline_seconds")]
+    #[schemars(range(min = 30, max = 604800))]
+    pub progress_deadline_seconds: i32,
 }
 
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
@@ -397,7 +406,11 @@ pub struct DynamoClusterStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub members: Vec<MemberStatus>,
-    /// `Available`, `Progressing`, `Degraded`, `Rebalancing`.
+    /// When the operator last saw a change move towards the spec (see
+    /// `spec.progressDeadlineSeconds`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_progress_time: Option<Time>,
+    /// `Available`, `Progressing`, `Degraded`, `Rebalancing`, `MembersHealthy`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
@@ -427,6 +440,14 @@ pub struct MemberStatus {
     /// The pod runs the StatefulSet's current template.
     #[serde(default)]
     pub updated: bool,
+    /// Why Kubernetes cannot run the member, as the kubelet or scheduler reports it:
+    /// `ImagePullBackOff`, `ErrImagePull`, `CrashLoopBackOff`,
+    /// `CreateContainerConfigError`, `Unschedulable`, `ClaimPending`, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The detail of `reason` (the container's waiting message, the scheduler's message).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// Lifecycle of a member as the operator sees it.
@@ -482,6 +503,9 @@ fn default_token_key() -> String {
 fn default_grace_seconds() -> i64 {
     60
 }
+fn default_progress_deadline_seconds() -> i32 {
+    600
+}
 
 impl Default for DynamoClusterSpec {
     fn default() -> Self {
@@ -502,6 +526,7 @@ impl Default for DynamoClusterSpec {
             cluster_token_secret: None,
             client_token_secret: None,
             peer_tls: None,
+            progress_deadline_seconds: default_progress_deadline_seconds(),
         }
     }
 }

@@ -12,8 +12,15 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
+
+use crate::crd::DynamoClusterStatus;
+use crate::plan::Phase;
+
+/// Labels of the per-cluster gauges.
+const CLUSTER_LABELS: &[&str] = &["namespace", "name"];
 
 pub struct Metrics {
     pub registry: Registry,
@@ -26,6 +33,20 @@ pub struct Metrics {
     pub actions: IntCounterVec,
     /// 1 once the CRD is served and the controller runs.
     pub ready: IntGauge,
+    /// Per cluster: `spec.replicas`.
+    pub cluster_members_desired: IntGaugeVec,
+    /// Per cluster: `status.readyMembers`.
+    pub cluster_members_ready: IntGaugeVec,
+    /// Per cluster: `status.updatedMembers`.
+    pub cluster_members_updated: IntGaugeVec,
+    /// Per cluster: members Kubernetes cannot run (`status.members[].reason` set).
+    pub cluster_members_failing: IntGaugeVec,
+    /// Per cluster: `status.handoffsPending` (absent while the ring cannot be read).
+    pub cluster_handoffs_pending: IntGaugeVec,
+    /// Per cluster and phase: 1 for the phase the planner is in, 0 for the others.
+    pub cluster_phase: IntGaugeVec,
+    /// Per cluster and condition type: 1 True, 0 False, -1 Unknown.
+    pub cluster_condition: IntGaugeVec,
 }
 
 impl Metrics {
@@ -59,11 +80,61 @@ impl Metrics {
             &["action"],
         )?;
         let ready = IntGauge::new("ready", "1 once the CRD is served and the controller runs")?;
+        let gauge = |name: &str, help: &str, extra: &[&str]| {
+            let labels: Vec<&str> = CLUSTER_LABELS.iter().chain(extra).copied().collect();
+            IntGaugeVec::new(Opts::new(name, help), &labels)
+        };
+        let cluster_members_desired = gauge(
+            "cluster_members_desired",
+            "Members a DynamoCluster asks for (spec.replicas)",
+            &[],
+        )?;
+        let cluster_members_ready = gauge(
+            "cluster_members_ready",
+            "Desired members whose pod is ready (status.readyMembers)",
+            &[],
+        )?;
+        let cluster_members_updated = gauge(
+            "cluster_members_updated",
+            "Desired members running the current pod template (status.updatedMembers)",
+            &[],
+        )?;
+        let cluster_members_failing = gauge(
+            "cluster_members_failing",
+            "Members Kubernetes cannot run (image pull, crash loop, config, scheduling, claim)",
+            &[],
+        )?;
+        let cluster_handoffs_pending = gauge(
+            "cluster_handoffs_pending",
+            "Partitions still to be handed off (status.handoffsPending)",
+            &[],
+        )?;
+        let cluster_phase = gauge(
+            "cluster_phase",
+            "1 for the phase the operator is in for a DynamoCluster, 0 for the others",
+            &["phase"],
+        )?;
+        let cluster_condition = gauge(
+            "cluster_condition",
+            "Status conditions of a DynamoCluster: 1 True, 0 False, -1 Unknown",
+            &["type"],
+        )?;
         registry.register(Box::new(reconciliations.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(actions.clone()))?;
         registry.register(Box::new(ready.clone()))?;
+        for g in [
+            &cluster_members_desired,
+            &cluster_members_ready,
+            &cluster_members_updated,
+            &cluster_members_failing,
+            &cluster_handoffs_pending,
+            &cluster_phase,
+            &cluster_condition,
+        ] {
+            registry.register(Box::new(g.clone()))?;
+        }
         Ok(Metrics {
             registry,
             reconciliations,
@@ -71,7 +142,93 @@ impl Metrics {
             duration,
             actions,
             ready,
+            cluster_members_desired,
+            cluster_members_ready,
+            cluster_members_updated,
+            cluster_members_failing,
+            cluster_handoffs_pending,
+            cluster_phase,
+            cluster_condition,
         })
+    }
+
+    /// Sets the per-cluster gauges from a freshly computed status.
+    pub fn observe_cluster(
+        &self,
+        namespace: &str,
+        name: &str,
+        desired: i32,
+        status: &DynamoClusterStatus,
+        phase: Phase,
+    ) {
+        let l = [namespace, name];
+        self.cluster_members_desired
+            .with_label_values(&l)
+            .set(i64::from(desired));
+        self.cluster_members_ready
+            .with_label_values(&l)
+            .set(i64::from(status.ready_members));
+        self.cluster_members_updated
+            .with_label_values(&l)
+            .set(i64::from(status.updated_members));
+        self.cluster_members_failing
+            .with_label_values(&l)
+            .set(status.members.iter().filter(|m| m.reason.is_some()).count() as i64);
+        match status.handoffs_pending {
+            Some(pending) => self
+                .cluster_handoffs_pending
+                .with_label_values(&l)
+                .set(pending),
+            // Unknown is not zero: drop the series rather than claim a settled ring.
+            None => {
+                let _ = self.cluster_handoffs_pending.remove_label_values(&l);
+            }
+        }
+        for p in Phase::ALL {
+            self.cluster_phase
+                .with_label_values(&[namespace, name, p.as_str()])
+                .set(i64::from(p == phase));
+        }
+        for c in &status.conditions {
+            let value = match c.status.as_str() {
+                "True" => 1,
+                "False" => 0,
+                _ => -1,
+            };
+            self.cluster_condition
+                .with_label_values(&[namespace, name, c.type_.as_str()])
+                .set(value);
+        }
+    }
+
+    /// Drops every series of a deleted cluster.
+    pub fn forget_cluster(&self, namespace: &str, name: &str) {
+        let l = [namespace, name];
+        for g in [
+            &self.cluster_members_desired,
+            &self.cluster_members_ready,
+            &self.cluster_members_updated,
+            &self.cluster_members_failing,
+            &self.cluster_handoffs_pending,
+        ] {
+            let _ = g.remove_label_values(&l);
+        }
+        for p in Phase::ALL {
+            let _ = self
+                .cluster_phase
+                .remove_label_values(&[namespace, name, p.as_str()]);
+        }
+        for t in [
+            crate::status::AVAILABLE,
+            crate::status::PROGRESSING,
+            crate::status::DEGRADED,
+            crate::status::REBALANCING,
+            crate::status::MEMBERS_HEALTHY,
+        ] {
+            let _ = self
+                .cluster_condition
+                .remove_label_values(&[namespace, name, t]);
+        }
     }
 
     pub fn record(&self, started: Instant, error: Option<&str>) {

@@ -27,6 +27,18 @@ pub struct PodObs {
     pub terminating: bool,
     /// It runs the StatefulSet's update revision.
     pub updated: bool,
+    /// Why Kubernetes cannot run it (a container waiting in `ImagePullBackOff`,
+    /// `CrashLoopBackOff`, ..., or the pod not scheduled), as the kubelet or the scheduler
+    /// reported it.
+    pub problem: Option<PodProblem>,
+}
+
+/// A failure Kubernetes reports for a member pod or its claim.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodProblem {
+    /// CamelCase, as Kubernetes spells it: `ImagePullBackOff`, `Unschedulable`, ...
+    pub reason: String,
+    pub message: String,
 }
 
 /// A member's PersistentVolumeClaim as observed.
@@ -35,6 +47,8 @@ pub struct PvcObs {
     /// Annotated once its member was in the ring: the volume holds cluster data.
     pub holds_data: bool,
     pub terminating: bool,
+    /// Creation time of a claim in phase `Pending` (not bound to a volume yet).
+    pub pending_since: Option<k8s_openapi::jiff::Timestamp>,
 }
 
 /// The ring as the members report it.
@@ -110,6 +124,31 @@ pub enum Phase {
     Rebalancing,
     /// Nothing to do.
     Stable,
+}
+
+impl Phase {
+    /// The name used in the `phase` label of the per-cluster metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Bootstrapping => "Bootstrapping",
+            Phase::ScalingUp => "ScalingUp",
+            Phase::ScalingDown => "ScalingDown",
+            Phase::RollingUpdate => "RollingUpdate",
+            Phase::Unobservable => "Unobservable",
+            Phase::Rebalancing => "Rebalancing",
+            Phase::Stable => "Stable",
+        }
+    }
+
+    pub const ALL: [Phase; 7] = [
+        Phase::Bootstrapping,
+        Phase::ScalingUp,
+        Phase::ScalingDown,
+        Phase::RollingUpdate,
+        Phase::Unobservable,
+        Phase::Rebalancing,
+        Phase::Stable,
+    ];
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -387,6 +426,7 @@ mod tests {
             ready,
             terminating: false,
             updated: true,
+            problem: None,
         }
     }
 
@@ -410,6 +450,7 @@ mod tests {
                         PvcObs {
                             holds_data: true,
                             terminating: false,
+                            pending_since: None,
                         },
                     )
                 })
@@ -631,6 +672,7 @@ mod tests {
             PvcObs {
                 holds_data: false,
                 terminating: false,
+                pending_since: None,
             },
         );
         o.pods.insert(3, running(false));
@@ -766,6 +808,7 @@ mod tests {
             PvcObs {
                 holds_data: true,
                 terminating: false,
+                pending_since: None,
             },
         );
         o.unclustered = BTreeSet::from([0]);

@@ -8,12 +8,41 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::builders::{Names, max_unavailable};
 use crate::crd::{DynamoCluster, DynamoClusterStatus, MemberState, MemberStatus, PartitionBalance};
-use crate::plan::{Observed, Phase, Plan, unhealthy_members};
+use crate::plan::{Observed, Phase, Plan, PodProblem, unhealthy_members};
 
 pub const AVAILABLE: &str = "Available";
 pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
 pub const REBALANCING: &str = "Rebalancing";
+pub const MEMBERS_HEALTHY: &str = "MembersHealthy";
+
+/// Reason of `Degraded` when a change made no progress for `spec.progressDeadlineSeconds`.
+pub const PROGRESS_DEADLINE_EXCEEDED: &str = "ProgressDeadlineExceeded";
+/// Reason given to a member whose claim stays `Pending` longer than
+/// [`CLAIM_PENDING_GRACE_SECONDS`] while its pod does not run.
+pub const CLAIM_PENDING: &str = "ClaimPending";
+/// A claim is normally `Pending` for a few seconds (provisioning, or until its pod is
+/// scheduled with `WaitForFirstConsumer`); only a longer wait is a failure.
+pub const CLAIM_PENDING_GRACE_SECONDS: i64 = 60;
+
+/// Why a member cannot run, as Kubernetes reports it: the pod's problem, or its claim
+/// pending for longer than the grace period while the pod does not run.
+pub fn member_problem(o: &Observed, names: &Names, ordinal: i32, now: &Time) -> Option<PodProblem> {
+    let pod = o.pods.get(&ordinal);
+    if let Some(problem) = pod.and_then(|p| p.problem.clone()) {
+        return Some(problem);
+    }
+    let since = o.pvcs.get(&ordinal)?.pending_since?;
+    let waited = now.0.as_second() - since.as_second();
+    (waited > CLAIM_PENDING_GRACE_SECONDS && !pod.is_some_and(|p| p.running)).then(|| PodProblem {
+        reason: CLAIM_PENDING.into(),
+        message: format!(
+            "PersistentVolumeClaim {} has been Pending for {waited} s (see `kubectl describe pvc {}`: no StorageClass, no capacity, or a provisioner error)",
+            names.pvc(ordinal),
+            names.pvc(ordinal)
+        ),
+    })
+}
 
 /// Everything the status is computed from.
 pub struct StatusInputs<'a> {
@@ -79,6 +108,7 @@ pub fn compute(inp: &StatusInputs<'_>) -> DynamoClusterStatus {
             let id = names.pod(i);
             let info = o.cluster.as_ref().and_then(|c| c.members.get(&id));
             let pod = o.pods.get(&i);
+            let problem = member_problem(o, names, i, now);
             MemberStatus {
                 name: id,
                 state: member_state(o, plan, names, i),
@@ -88,9 +118,21 @@ pub fn compute(inp: &StatusInputs<'_>) -> DynamoClusterStatus {
                     .filter(|m| m.status != "joining")
                     .map(|m| m.partitions_owned as i32),
                 updated: pod.is_some_and(|p| p.updated),
+                reason: problem.as_ref().map(|p| p.reason.clone()),
+                message: problem.map(|p| p.message),
             }
         })
         .collect();
+    // Failures Kubernetes reports for the members, by ordinal.
+    let failing: Vec<(&str, &str, &str)> = members
+        .iter()
+        .filter_map(|m| Some((m.name.as_str(), m.reason.as_deref()?, m.message.as_deref()?)))
+        .collect();
+    let failures_text = failing
+        .iter()
+        .map(|(pod, reason, message)| format!("{pod}: {reason}: {message}"))
+        .collect::<Vec<_>>()
+        .join("; ");
     let ready = (0..target)
         .filter(|i| o.pods.get(i).is_some_and(|p| p.ready))
         .count() as i32;
@@ -154,35 +196,83 @@ pub fn compute(inp: &StatusInputs<'_>) -> DynamoClusterStatus {
     } else {
         plan.waiting.join("; ")
     };
-    if let Some(refused) = &plan.scale_refused {
-        set(PROGRESSING, "False", "ScaleRefused", refused.clone());
-    } else if plan.converged() {
-        set(
-            PROGRESSING,
-            "False",
-            "Stable",
-            format!("{target} members up, ring settled, all running the current template"),
-        );
-    } else {
-        let reason = match plan.phase {
-            Phase::Bootstrapping => "Bootstrapping",
-            Phase::ScalingUp => "ScalingUp",
-            Phase::ScalingDown => "ScalingDown",
-            Phase::RollingUpdate => "RollingUpdate",
-            Phase::Unobservable => "WaitingForCluster",
-            Phase::Rebalancing => "Rebalancing",
-            Phase::Stable => "Reconciling",
+    let (progressing, progressing_reason, progressing_message) =
+        if let Some(refused) = &plan.scale_refused {
+            ("False", "ScaleRefused", refused.clone())
+        } else if plan.converged() {
+            (
+                "False",
+                "Stable",
+                format!("{target} members up, ring settled, all running the current template"),
+            )
+        } else {
+            let reason = match plan.phase {
+                Phase::Bootstrapping => "Bootstrapping",
+                Phase::ScalingUp => "ScalingUp",
+                Phase::ScalingDown => "ScalingDown",
+                Phase::RollingUpdate => "RollingUpdate",
+                Phase::Unobservable => "WaitingForCluster",
+                Phase::Rebalancing => "Rebalancing",
+                Phase::Stable => "Reconciling",
+            };
+            (
+                "True",
+                reason,
+                if waiting.is_empty() {
+                    "applying changes".into()
+                } else {
+                    waiting.clone()
+                },
+            )
         };
-        set(
-            PROGRESSING,
+    set(
+        PROGRESSING,
+        progressing,
+        progressing_reason,
+        progressing_message.clone(),
+    );
+
+    // Progress: anything that shows the change moving. Unchanged while stable, so a
+    // settled cluster's status stays byte-for-byte the same between passes.
+    let updated_members = o
+        .pods
+        .iter()
+        .filter(|(i, p)| **i < target && p.updated)
+        .count() as i32;
+    let ring_epoch = ring.map(|r| r.epoch as i64);
+    let handoffs_pending = handoffs.map(|h| h.pending as i64);
+    let moved = previous
+        .conditions
+        .iter()
+        .find(|c| c.type_ == PROGRESSING)
+        .map(|c| (c.status.as_str(), c.reason.as_str(), c.message.as_str()))
+        != Some((
+            progressing,
+            progressing_reason,
+            progressing_message.as_str(),
+        ))
+        || previous.ready_members != ready
+        || previous.updated_members != updated_members
+        || previous.ring_epoch != ring_epoch
+        || previous.handoffs_pending != handoffs_pending;
+    let last_progress_time = match &previous.last_progress_time {
+        Some(t) if !moved => t.clone(),
+        _ => now.clone(),
+    };
+    let deadline = i64::from(dc.spec.progress_deadline_seconds);
+    let stalled_for = now.0.as_second() - last_progress_time.0.as_second();
+    let stalled = progressing == "True" && stalled_for > deadline;
+
+    // MembersHealthy: Kubernetes runs every member pod (no pull, crash, config or
+    // scheduling failure, no claim stuck Pending).
+    match failing.first() {
+        None => set(
+            MEMBERS_HEALTHY,
             "True",
-            reason,
-            if waiting.is_empty() {
-                "applying changes".into()
-            } else {
-                waiting.clone()
-            },
-        );
+            "AsExpected",
+            "no member pod or claim reports a failure".into(),
+        ),
+        Some((_, reason, _)) => set(MEMBERS_HEALTHY, "False", reason, failures_text.clone()),
     }
 
     // Degraded: something is wrong that the operator is not in the middle of changing.
@@ -191,6 +281,20 @@ pub fn compute(inp: &StatusInputs<'_>) -> DynamoClusterStatus {
     if let Some(refused) = &plan.scale_refused {
         degraded.push(refused.clone());
         reason = "ScaleRefused";
+    }
+    if stalled {
+        degraded.push(format!(
+            "no progress for {stalled_for} s (spec.progressDeadlineSeconds {deadline}): {progressing_message}"
+        ));
+        if reason == "AsExpected" {
+            reason = PROGRESS_DEADLINE_EXCEEDED;
+        }
+    }
+    if let Some(&(_, first, _)) = failing.first() {
+        degraded.push(failures_text.clone());
+        if reason == "AsExpected" {
+            reason = first;
+        }
     }
     if let Some(cluster) = &o.cluster {
         let unhealthy: Vec<String> = unhealthy_members(o, cluster, names, target)
@@ -273,17 +377,14 @@ pub fn compute(inp: &StatusInputs<'_>) -> DynamoClusterStatus {
         selector: Some(crate::builders::selector_string(names)),
         ready_members: ready,
         bootstrapped: plan.bootstrapped,
-        ring_epoch: ring.map(|r| r.epoch as i64),
+        ring_epoch,
         partition_balance: ring.map(|r| PartitionBalance {
             min: r.balance[0] as i32,
             max: r.balance[1] as i32,
         }),
-        handoffs_pending: handoffs.map(|h| h.pending as i64),
-        updated_members: o
-            .pods
-            .iter()
-            .filter(|(i, p)| **i < target && p.updated)
-            .count() as i32,
+        handoffs_pending,
+        updated_members,
+        last_progress_time: Some(last_progress_time),
         members,
         conditions,
     }
@@ -298,7 +399,7 @@ mod tests {
     use super::*;
     use crate::admin::{HandoffsReport, MemberInfo, MembersReport, RingReport};
     use crate::crd::DynamoClusterSpec;
-    use crate::plan::{ClusterObs, PodObs, plan};
+    use crate::plan::{ClusterObs, PodObs, PodProblem, plan};
     use std::collections::BTreeMap;
 
     fn dc() -> DynamoCluster {
@@ -347,6 +448,7 @@ mod tests {
                             ready: true,
                             terminating: false,
                             updated: true,
+                            problem: None,
                         },
                     )
                 })
@@ -608,5 +710,131 @@ mod tests {
                 .contains("db-0 is unreachable")
         );
         assert!(s.members.iter().all(|m| m.state == MemberState::Unknown));
+    }
+
+    #[test]
+    fn a_claim_pending_past_the_grace_names_the_member() {
+        let d = dc();
+        let mut o = healthy();
+        o.pods.get_mut(&2).unwrap().running = false;
+        o.pods.get_mut(&2).unwrap().ready = false;
+        o.pvcs.insert(
+            2,
+            crate::plan::PvcObs {
+                pending_since: Some("2026-01-01T00:00:00Z".parse().unwrap()),
+                ..Default::default()
+            },
+        );
+        let s = status_of(&d, &o, &[], "2026-01-01T00:00:30Z");
+        assert_eq!(
+            cond(&s, MEMBERS_HEALTHY),
+            ("True".into(), "AsExpected".into()),
+            "within the grace period a claim is just being provisioned"
+        );
+        let s = status_of(&d, &o, &[], "2026-01-01T00:01:01Z");
+        assert_eq!(
+            cond(&s, MEMBERS_HEALTHY),
+            ("False".into(), "ClaimPending".into())
+        );
+        let m = condition(&s, MEMBERS_HEALTHY).unwrap().message.clone();
+        assert!(
+            m.starts_with(
+                "db-2: ClaimPending: PersistentVolumeClaim data-db-2 has been Pending for 61 s"
+            ),
+            "{m}"
+        );
+        assert_eq!(cond(&s, DEGRADED), ("True".into(), "ClaimPending".into()));
+        assert_eq!(s.members[2].reason.as_deref(), Some("ClaimPending"));
+        // A pod that runs has its volume: a Pending phase read before binding is stale.
+        o.pods.get_mut(&2).unwrap().running = true;
+        let s = status_of(&d, &o, &[], "2026-01-01T00:01:01Z");
+        assert_eq!(cond(&s, MEMBERS_HEALTHY).0, "True");
+    }
+
+    #[test]
+    fn unschedulable_pod_is_degraded_with_the_schedulers_message() {
+        let d = dc();
+        let mut o = healthy();
+        *o.pods.get_mut(&1).unwrap() = PodObs {
+            problem: Some(PodProblem {
+                reason: "Unschedulable".into(),
+                message: "0/3 nodes are available: 3 Insufficient cpu.".into(),
+            }),
+            ..Default::default()
+        };
+        let s = status_of(&d, &o, &[], "2026-01-01T00:00:00Z");
+        assert_eq!(
+            cond(&s, MEMBERS_HEALTHY),
+            ("False".into(), "Unschedulable".into())
+        );
+        let deg = condition(&s, DEGRADED).unwrap();
+        assert_eq!(deg.reason, "Unschedulable");
+        assert!(
+            deg.message
+                .contains("db-1: Unschedulable: 0/3 nodes are available: 3 Insufficient cpu."),
+            "{}",
+            deg.message
+        );
+    }
+
+    /// The deadline counts from the last observed progress, not from the start of the
+    /// change: handoffs that keep moving are never "stuck".
+    #[test]
+    fn progress_deadline_counts_from_the_last_progress() {
+        let mut d = dc();
+        d.spec.progress_deadline_seconds = 120;
+        let mut o = healthy();
+        let handoffs = |pending: u64| {
+            Some(HandoffsReport {
+                in_transition: true,
+                base_epoch: 2,
+                epoch: 3,
+                pending,
+                ..Default::default()
+            })
+        };
+        o.cluster.as_mut().unwrap().handoffs = handoffs(50);
+        let first = status_of(&d, &o, &[], "2026-01-01T00:00:00Z");
+        assert_eq!(
+            cond(&first, PROGRESSING),
+            ("True".into(), "Rebalancing".into())
+        );
+        assert_eq!(first.last_progress_time, Some(t("2026-01-01T00:00:00Z")));
+        d.status = Some(first);
+
+        // Handoffs moved: progress, whatever the time since the change began.
+        o.cluster.as_mut().unwrap().handoffs = handoffs(20);
+        let moved = status_of(&d, &o, &[], "2026-01-01T00:03:00Z");
+        assert_eq!(moved.last_progress_time, Some(t("2026-01-01T00:03:00Z")));
+        assert_eq!(cond(&moved, DEGRADED).0, "False");
+        d.status = Some(moved);
+
+        // Stuck at 20: within the deadline, nothing; past it, Degraded with the cause.
+        let within = status_of(&d, &o, &[], "2026-01-01T00:05:00Z");
+        assert_eq!(within.last_progress_time, Some(t("2026-01-01T00:03:00Z")));
+        assert_eq!(cond(&within, DEGRADED).0, "False");
+        let past = status_of(&d, &o, &[], "2026-01-01T00:05:01Z");
+        assert_eq!(
+            cond(&past, DEGRADED),
+            ("True".into(), "ProgressDeadlineExceeded".into())
+        );
+        let msg = &condition(&past, DEGRADED).unwrap().message;
+        assert!(
+            msg.starts_with("no progress for 121 s (spec.progressDeadlineSeconds 120): waiting for handoffs to finish (20 partitions pending)"),
+            "{msg}"
+        );
+        assert_eq!(cond(&past, PROGRESSING).0, "True");
+
+        // A settled cluster has no deadline, however long it stays settled.
+        let mut settled = dc();
+        settled.spec.progress_deadline_seconds = 120;
+        settled.status = Some(status_of(&settled, &healthy(), &[], "2026-01-01T00:00:00Z"));
+        let later = status_of(&settled, &healthy(), &[], "2026-01-02T00:00:00Z");
+        assert_eq!(cond(&later, DEGRADED).0, "False");
+        assert_eq!(
+            Some(&later),
+            settled.status.as_ref(),
+            "nothing changes while settled"
+        );
     }
 }

@@ -19,7 +19,7 @@ use crate::crd::{
 };
 use crate::fakes::{FakeApiServer, FakeCluster, Logged};
 use crate::metrics::Metrics;
-use crate::status::{AVAILABLE, DEGRADED, PROGRESSING, REBALANCING, condition};
+use crate::status::{AVAILABLE, DEGRADED, MEMBERS_HEALTHY, PROGRESSING, REBALANCING, condition};
 
 const NS: &str = "prod";
 const DC_PATH: &str = "/apis/dynamo.dev/v1alpha1/namespaces/prod/dynamoclusters/db";
@@ -31,6 +31,8 @@ struct Harness {
     api: Arc<FakeApiServer>,
     cluster: Arc<FakeCluster>,
     ctx: Arc<Context>,
+    /// An image the kubelet cannot pull: pods created with it stay in `ImagePullBackOff`.
+    broken_image: std::sync::Mutex<Option<String>>,
 }
 
 fn spec(replicas: i32) -> DynamoClusterSpec {
@@ -56,7 +58,12 @@ impl Harness {
         dc.metadata.namespace = Some(NS.into());
         dc.metadata.generation = Some(1);
         api.put(DC_PATH, serde_json::to_value(&dc).unwrap());
-        Harness { api, cluster, ctx }
+        Harness {
+            api,
+            cluster,
+            ctx,
+            broken_image: std::sync::Mutex::new(None),
+        }
     }
 
     fn dc(&self) -> DynamoCluster {
@@ -136,12 +143,25 @@ impl Harness {
             let pod = names.pod(i);
             let pvc_path = format!("{PVCS}/{}", names.pvc(i));
             if self.api.get(&pvc_path).is_none() {
-                self.api.put(&pvc_path, json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": names.pvc(i), "namespace": NS, "labels": builders::labels(&names)}, "spec": {}}));
+                // Provisioned and bound at once, from the StatefulSet's claim template.
+                let template = &sts["spec"]["volumeClaimTemplates"][0]["spec"];
+                self.api.put(&pvc_path, json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": names.pvc(i), "namespace": NS, "labels": builders::labels(&names)}, "spec": template, "status": {"phase": "Bound", "capacity": template["resources"]["requests"]}}));
                 self.cluster.wipe(&pod);
             }
             let path = format!("{PODS}/{pod}");
             let existing = self.api.get(&path);
-            if existing.is_none() {
+            // A pod keeps the image of the template it was created from.
+            let image = existing
+                .as_ref()
+                .map_or(
+                    &sts["spec"]["template"]["spec"]["containers"][0]["image"],
+                    |p| &p["spec"]["containers"][0]["image"],
+                )
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            let pulls = self.broken_image.lock().unwrap().as_deref() != Some(image.as_str());
+            if existing.is_none() && pulls {
                 self.cluster.start(&pod);
             }
             let pod_revision = existing
@@ -160,15 +180,24 @@ impl Harness {
             };
             let mut labels = builders::labels(&names);
             labels.insert("controller-revision-hash".into(), pod_revision);
+            let status = if pulls {
+                json!({
+                    "phase": "Running",
+                    "containerStatuses": [{"name": "dynamo", "started": true, "ready": ready, "restartCount": 0, "image": image, "imageID": "", "state": {"running": {}}}],
+                    "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}],
+                })
+            } else {
+                json!({
+                    "phase": "Pending",
+                    "containerStatuses": [{"name": "dynamo", "started": false, "ready": false, "restartCount": 0, "image": image, "imageID": "", "state": {"waiting": {"reason": "ImagePullBackOff", "message": format!("Back-off pulling image \"{image}\"")}}}],
+                    "conditions": [{"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "False"}],
+                })
+            };
             let obj = json!({
                 "apiVersion": "v1", "kind": "Pod",
                 "metadata": {"name": pod, "namespace": NS, "labels": labels},
-                "spec": {"containers": [{"name": "dynamo"}]},
-                "status": {
-                    "phase": "Running",
-                    "containerStatuses": [{"name": "dynamo", "started": true, "ready": ready, "restartCount": 0, "image": "dynamo", "imageID": "", "state": {"running": {}}}],
-                    "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}],
-                }
+                "spec": {"containers": [{"name": "dynamo", "image": image}]},
+                "status": status,
             });
             if existing
                 .as_ref()
@@ -773,4 +802,244 @@ async fn unreachable_cluster_never_shrinks() {
         condition(&s, PROGRESSING).unwrap().reason,
         "WaitingForCluster"
     );
+}
+
+/// A rollout to an image that cannot be pulled: the failure shows in the member, in
+/// `MembersHealthy` and `Degraded` (with the pod named) and as an Event; the rollout stops
+/// at the broken member; the progress deadline turns it into `ProgressDeadlineExceeded`;
+/// rolling the image back repairs the member and clears everything.
+#[tokio::test]
+async fn broken_image_is_reported_stops_the_rollout_and_rolls_back() {
+    let h = Harness::running(spec(3)).await;
+    *h.broken_image.lock().unwrap() = Some("dynamo:bad".into());
+    h.edit(|dc| dc.spec.image = "dynamo:bad".into());
+    let mut restarted = Vec::new();
+    for _ in 0..8 {
+        let before = h.pods();
+        h.reconcile().await;
+        for p in before.iter().filter(|p| !h.pods().contains(p)) {
+            h.cluster.stop(p);
+            restarted.push(p.clone());
+        }
+        h.kubelet();
+        h.cluster.tick(64);
+    }
+    assert_eq!(
+        restarted,
+        ["db-2"],
+        "the rollout stops at the broken member"
+    );
+    let s = h.status();
+    let db2 = s.members.iter().find(|m| m.name == "db-2").unwrap();
+    assert_eq!(db2.reason.as_deref(), Some("ImagePullBackOff"));
+    assert!(
+        db2.message.as_deref().unwrap().contains("dynamo:bad"),
+        "{db2:?}"
+    );
+    assert!(
+        s.members
+            .iter()
+            .filter(|m| m.name != "db-2")
+            .all(|m| m.reason.is_none())
+    );
+    let healthy = condition(&s, MEMBERS_HEALTHY).unwrap();
+    assert_eq!(
+        (healthy.status.as_str(), healthy.reason.as_str()),
+        ("False", "ImagePullBackOff")
+    );
+    assert!(
+        healthy
+            .message
+            .starts_with("db-2: ImagePullBackOff: container dynamo")
+    );
+    let degraded = condition(&s, DEGRADED).unwrap();
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "ImagePullBackOff")
+    );
+    assert!(degraded.message.contains("db-2"), "{}", degraded.message);
+    let pull_events: Vec<Value> = h
+        .api
+        .events()
+        .into_iter()
+        .filter(|e| e["reason"] == "ImagePullBackOff")
+        .collect();
+    assert_eq!(
+        pull_events.len(),
+        1,
+        "one event per new failure, not per pass"
+    );
+    assert_eq!(pull_events[0]["type"], "Warning");
+    assert!(
+        pull_events[0]["note"]
+            .as_str()
+            .unwrap()
+            .starts_with("db-2: container dynamo: Back-off pulling image")
+    );
+    let metrics = h.ctx.metrics.render();
+    assert!(
+        metrics
+            .contains("dynamo_operator_cluster_members_failing{name=\"db\",namespace=\"prod\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains(
+        "dynamo_operator_cluster_phase{name=\"db\",namespace=\"prod\",phase=\"RollingUpdate\"} 1"
+    ));
+    assert!(
+        !h.api
+            .event_reasons()
+            .contains(&"ProgressDeadlineExceeded".into())
+    );
+
+    // Ten minutes without progress.
+    h.ctx.advance_clock(601);
+    h.reconcile().await;
+    let s = h.status();
+    let degraded = condition(&s, DEGRADED).unwrap();
+    assert_eq!(degraded.reason, "ProgressDeadlineExceeded");
+    assert!(
+        degraded
+            .message
+            .contains("spec.progressDeadlineSeconds 600")
+            && degraded.message.contains("waiting for db-2")
+            && degraded.message.contains("db-2: ImagePullBackOff"),
+        "{}",
+        degraded.message
+    );
+    assert_eq!(
+        condition(&s, PROGRESSING).unwrap().status,
+        "True",
+        "the operator keeps trying"
+    );
+    assert!(
+        h.api
+            .event_reasons()
+            .contains(&"ProgressDeadlineExceeded".into())
+    );
+
+    // Roll back: the broken member is replaced first, then everything settles.
+    h.edit(|dc| dc.spec.image = "dynamo:1".into());
+    h.settle(30).await;
+    let s = h.status();
+    assert!(s.members.iter().all(|m| m.reason.is_none() && m.ready));
+    assert_eq!(condition(&s, MEMBERS_HEALTHY).unwrap().status, "True");
+    assert_eq!(condition(&s, DEGRADED).unwrap().status, "False");
+    assert!(h.api.event_reasons().contains(&"MembersHealthy".into()));
+    assert!(
+        h.ctx
+            .metrics
+            .render()
+            .contains("dynamo_operator_cluster_members_failing{name=\"db\",namespace=\"prod\"} 0")
+    );
+}
+
+#[tokio::test]
+async fn per_cluster_gauges_follow_the_status_and_go_with_the_cluster() {
+    let h = Harness::running(spec(3)).await;
+    h.reconcile().await;
+    let m = h.ctx.metrics.render();
+    for line in [
+        "dynamo_operator_cluster_members_desired{name=\"db\",namespace=\"prod\"} 3",
+        "dynamo_operator_cluster_members_ready{name=\"db\",namespace=\"prod\"} 3",
+        "dynamo_operator_cluster_members_updated{name=\"db\",namespace=\"prod\"} 3",
+        "dynamo_operator_cluster_handoffs_pending{name=\"db\",namespace=\"prod\"} 0",
+        "dynamo_operator_cluster_phase{name=\"db\",namespace=\"prod\",phase=\"Stable\"} 1",
+        "dynamo_operator_cluster_phase{name=\"db\",namespace=\"prod\",phase=\"ScalingUp\"} 0",
+        "dynamo_operator_cluster_condition{name=\"db\",namespace=\"prod\",type=\"Available\"} 1",
+        "dynamo_operator_cluster_condition{name=\"db\",namespace=\"prod\",type=\"Degraded\"} 0",
+    ] {
+        assert!(m.contains(line), "{line} missing from\n{m}");
+    }
+    h.edit(|dc| dc.spec.replicas = 5);
+    h.reconcile().await;
+    let m = h.ctx.metrics.render();
+    assert!(
+        m.contains("dynamo_operator_cluster_members_desired{name=\"db\",namespace=\"prod\"} 5")
+    );
+    assert!(m.contains(
+        "dynamo_operator_cluster_phase{name=\"db\",namespace=\"prod\",phase=\"ScalingUp\"} 1"
+    ));
+
+    let mut dc = serde_json::to_value(h.dc()).unwrap();
+    dc["metadata"]["deletionTimestamp"] = json!("2026-02-01T00:00:00Z");
+    h.api.put(DC_PATH, dc);
+    h.reconcile().await;
+    let m = h.ctx.metrics.render();
+    assert!(
+        !m.contains("namespace=\"prod\""),
+        "series of a deleted cluster remain:\n{m}"
+    );
+}
+
+fn pod(status: Value) -> k8s_openapi::api::core::v1::Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "db-1", "namespace": NS},
+        "spec": {"containers": [{"name": "dynamo"}]},
+        "status": status,
+    }))
+    .unwrap()
+}
+
+#[test]
+fn pod_problems_are_read_from_container_states_and_scheduling() {
+    use crate::controller::pod_problem;
+    let crash = pod(json!({"containerStatuses": [{
+        "name": "dynamo", "ready": false, "restartCount": 5, "image": "", "imageID": "",
+        "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 5m0s restarting failed container=dynamo"}},
+        "lastState": {"terminated": {"exitCode": 101, "reason": "Error"}},
+    }]}));
+    let p = pod_problem(&crash).unwrap();
+    assert_eq!(p.reason, "CrashLoopBackOff");
+    assert_eq!(
+        p.message,
+        "container dynamo: back-off 5m0s restarting failed container=dynamo (last exit code 101, Error)"
+    );
+
+    let config = pod(json!({"containerStatuses": [{
+        "name": "dynamo", "ready": false, "restartCount": 0, "image": "", "imageID": "",
+        "state": {"waiting": {"reason": "CreateContainerConfigError", "message": "secret \"db-token\" not found"}},
+    }]}));
+    assert_eq!(
+        pod_problem(&config).unwrap().message,
+        "container dynamo: secret \"db-token\" not found"
+    );
+
+    let unschedulable = pod(json!({"phase": "Pending", "conditions": [{
+        "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+        "message": "0/3 nodes are available: 3 Insufficient memory.",
+    }]}));
+    let p = pod_problem(&unschedulable).unwrap();
+    assert_eq!(
+        (p.reason.as_str(), p.message.as_str()),
+        (
+            "Unschedulable",
+            "0/3 nodes are available: 3 Insufficient memory."
+        )
+    );
+
+    // Starting normally is not a problem.
+    let creating = pod(json!({"phase": "Pending",
+        "conditions": [{"type": "PodScheduled", "status": "True"}],
+        "containerStatuses": [{"name": "dynamo", "ready": false, "restartCount": 0, "image": "", "imageID": "",
+            "state": {"waiting": {"reason": "ContainerCreating"}}}]}));
+    assert_eq!(pod_problem(&creating), None);
+    assert_eq!(pod_problem(&pod(json!({}))), None);
+}
+
+#[test]
+fn a_claim_is_pending_only_until_bound() {
+    use crate::controller::pvc_obs;
+    let claim = |phase: &str| -> k8s_openapi::api::core::v1::PersistentVolumeClaim {
+        serde_json::from_value(json!({
+            "metadata": {"name": "data-db-1", "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "status": {"phase": phase},
+        }))
+        .unwrap()
+    };
+    assert_eq!(
+        pvc_obs(&claim("Pending")).pending_since,
+        Some("2026-01-01T00:00:00Z".parse().unwrap())
+    );
+    assert_eq!(pvc_obs(&claim("Bound")).pending_since, None);
 }

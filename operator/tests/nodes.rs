@@ -213,6 +213,7 @@ impl Cluster {
                     ready: self.ready(i).await,
                     terminating: false,
                     updated: !self.outdated.contains(&i),
+                    problem: None,
                 },
             );
         }
@@ -238,6 +239,7 @@ impl Cluster {
                         PvcObs {
                             holds_data,
                             terminating: false,
+                            pending_since: None,
                         },
                     )
                 })
