@@ -833,13 +833,33 @@ pub fn node_config(args: &NodeArgs) -> Result<NodeConfig> {
 /// journal rotation) drowned the member's own.
 pub const DEFAULT_LOG_FILTER: &str = "info,fjall=warn,lsm_tree=warn";
 
+/// Standard error that drops a line it cannot write instead of failing.
+///
+/// When the log's destination is full (stderr redirected to a file on the data disk),
+/// tracing reports the failed write with `eprintln!`, which panics when it fails too; the
+/// storage engine logs while holding its locks, so that panic poisoned them and the member
+/// aborted (seen in `disk.rs`). A member that cannot log must keep serving.
+struct LossyStderr;
+
+impl std::io::Write for LossyStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}
+
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| LossyStderr)
         .with_ansi(std::io::stderr().is_terminal());
     let _ = match format {
         LogFormat::Text => builder.try_init(),
