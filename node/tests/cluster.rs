@@ -39,12 +39,8 @@ async fn five_members_read_back_every_acknowledged_write() {
     acked_writes_survive(5).await;
 }
 
-/// Keys (of `keys`) that member `id` replicates according to the ring JSON of the admin API.
-fn keys_replicated_by(
-    ring: &serde_json::Value,
-    id: &str,
-    keys: impl Iterator<Item = String>,
-) -> usize {
+/// The primaries of `key`, in preference order, from the ring JSON of the admin API.
+fn primaries_of(ring: &serde_json::Value, key: &str) -> Vec<String> {
     let owners: Vec<String> = ring["owners"]
         .as_array()
         .unwrap()
@@ -53,21 +49,28 @@ fn keys_replicated_by(
         .collect();
     let n = ring["settings"]["n"].as_u64().unwrap() as usize;
     let q = owners.len() as u32;
-    keys.filter(|k| {
-        let p = dynamo::ring::partition_of_hash(dynamo::ring::key_hash(k.as_bytes()), q) as usize;
-        let mut walk: Vec<&str> = Vec::new();
-        for step in 0..owners.len() {
-            let o = owners[(p + step) % owners.len()].as_str();
-            if !walk.contains(&o) {
-                walk.push(o);
-            }
-            if walk.len() == n {
-                break;
-            }
+    let p = dynamo::ring::partition_of_hash(dynamo::ring::key_hash(key.as_bytes()), q) as usize;
+    let mut walk: Vec<String> = Vec::new();
+    for step in 0..owners.len() {
+        let o = &owners[(p + step) % owners.len()];
+        if !walk.contains(o) {
+            walk.push(o.clone());
         }
-        walk.contains(&id)
-    })
-    .count()
+        if walk.len() == n {
+            break;
+        }
+    }
+    walk
+}
+
+/// Keys (of `keys`) that member `id` replicates according to the ring JSON of the admin API.
+fn keys_replicated_by(
+    ring: &serde_json::Value,
+    id: &str,
+    keys: impl Iterator<Item = String>,
+) -> usize {
+    keys.filter(|k| primaries_of(ring, k).iter().any(|m| m == id))
+        .count()
 }
 
 /// kill -9 one member of four during a write stream: writes keep succeeding, fallbacks
@@ -692,5 +695,66 @@ async fn rolling_restart_refuses_no_write() {
         bad.is_empty(),
         "{} acknowledged writes lost: {bad:?}",
         bad.len()
+    );
+}
+
+/// A member that does not replicate a key forwards the write to a primary. When that
+/// primary goes silent (SIGSTOP) after the request was sent, the write may or may not be
+/// applied there: the client is told so (503), and the write is not coordinated a second
+/// time elsewhere, which would store one client write as two versions (seen as two
+/// identical siblings once the stalled primary resumes and applies its copy).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_forwarded_write_whose_outcome_is_unknown_is_not_written_twice() {
+    let cluster = Cluster::start(4, Options::default()).await;
+    cluster.wait_settled(4, Duration::from_secs(30)).await;
+    let ring = cluster.ring(0).await.unwrap();
+    let key = (0..10_000)
+        .map(|i| format!("fwd-{i}"))
+        .find(|k| !primaries_of(&ring, k).iter().any(|m| m == "m0"))
+        .expect("a key that m0 does not replicate");
+    let first: usize = primaries_of(&ring, &key)[0][1..].parse().unwrap();
+    let c = cluster.app_client(0);
+
+    cluster.signal(first, "STOP");
+    let put = c
+        .put(&key, Bytes::from_static(b"once"), None, "")
+        .await
+        .unwrap();
+    cluster.signal(first, "CONT");
+
+    // The stalled primary applies the write it had received; replication and read repair
+    // spread it. Every replica must then hold exactly one version of it.
+    let mut versions = 0;
+    for _ in 0..50 {
+        let got = c.get(&key, "?r=3").await.unwrap();
+        versions = match got.status.as_u16() {
+            200 => 1,
+            300 => got.json().unwrap()["siblings"].as_array().unwrap().len(),
+            _ => 0,
+        };
+        if versions > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let got = c.get(&key, "?r=3").await.unwrap();
+    assert_eq!(
+        got.status.as_u16(),
+        200,
+        "one client write, one version (first read saw {versions}): {}",
+        got.text()
+    );
+    assert_eq!(got.body, Bytes::from_static(b"once"));
+    assert_eq!(
+        put.status.as_u16(),
+        503,
+        "the forwarded write's outcome is unknown: {}",
+        put.text()
+    );
+    assert!(
+        put.text().contains("may have been applied"),
+        "{}",
+        put.text()
     );
 }

@@ -164,7 +164,14 @@ impl Replicator {
         }
     }
 
-    /// Forwards a write to the first reachable primary; `None` if none answered.
+    /// Forwards a write to the first reachable primary; `None` if no primary could be
+    /// asked, so this member coordinates the write itself.
+    ///
+    /// The next primary (or this member) is tried only when the request provably did not
+    /// run: it was never sent (no connection, failed authentication) or the peer refused it
+    /// before coordinating. After a timeout or a closed connection the first primary may
+    /// well have applied the write, and coordinating it again would store one client write
+    /// as two versions; the client is told that the outcome is unknown instead.
     async fn forward(
         &self,
         view: &ClusterView,
@@ -192,8 +199,26 @@ impl Replicator {
                     return Some(resp);
                 }
                 Err(RpcError::Unreachable(_)) => self.membership.report_unreachable(&target),
+                Err(RpcError::Auth(_)) => {}
+                Err(RpcError::Remote(e))
+                    if matches!(e.code, ErrorCode::Unavailable | ErrorCode::BadRequest) =>
+                {
+                    tracing::debug!(peer = %target, partition = p, error = ?e, "forwarding refused")
+                }
                 other => {
-                    tracing::debug!(peer = %target, partition = p, result = ?other, "forwarding failed")
+                    tracing::debug!(peer = %target, partition = p, result = ?other, "forwarded write's outcome unknown");
+                    let outcome = match &other {
+                        Ok(_) => "an unexpected answer".to_string(),
+                        Err(e) => e.to_string(),
+                    };
+                    return Some(ClientResponse::Unavailable {
+                        needed: request.w.unwrap_or(view.settings.w) as u32,
+                        acks: 0,
+                        reason: format!(
+                            "forwarded to {target}, which gave {outcome}: the write may have \
+                             been applied; read the key before retrying"
+                        ),
+                    });
                 }
             }
         }

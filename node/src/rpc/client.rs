@@ -159,9 +159,11 @@ impl RpcClient {
         request: Request,
         deadline: Instant,
     ) -> Result<Response, RpcError> {
+        // No connection means the request was never sent: `Unreachable`, never `Timeout`,
+        // so a caller may safely send it elsewhere.
         let conn = tokio::time::timeout_at(deadline, self.connection(addr))
             .await
-            .map_err(|_| RpcError::Timeout)??;
+            .map_err(|_| RpcError::Unreachable(format!("{addr}: no connection in time")))??;
         let id = conn.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         conn.pending.lock().insert(id, tx);
@@ -234,8 +236,12 @@ impl RpcClient {
         }
         match tokio::time::timeout(self.inner.connect_timeout, self.connect(&peer.addr))
             .await
-            .unwrap_or(Err(RpcError::Timeout))
-        {
+            .unwrap_or_else(|_| {
+                Err(RpcError::Unreachable(format!(
+                    "{}: connect timed out",
+                    peer.addr
+                )))
+            }) {
             Ok(conn) => {
                 *peer.failed_at.lock() = None;
                 *slot = Some(conn.clone());
