@@ -200,7 +200,7 @@ fn isolated_then_wiped(bug: bool) -> Scenario {
         check_fresh_reads: false,
         mix: Workload::Registers,
         conflicts: ConflictMode::Siblings,
-        chain_write_contexts: true,
+        chain_write_contexts: false,
         scripted: Some(vec![
             (0, 6_000, Fault::Partition { a: 1, b: 0 }),
             (0, 6_000, Fault::Partition { a: 1, b: 2 }),
