@@ -352,6 +352,19 @@ async fn handle_op(
                 "the request did not complete in time",
             )
         })?;
+    #[cfg(feature = "sim")]
+    let sent_context = match &response {
+        ClientResponse::Written { object, .. }
+            if node
+                .replicator
+                .faults
+                .over_cover_write_contexts
+                .load(std::sync::atomic::Ordering::Relaxed) =>
+        {
+            object.context.clone()
+        }
+        _ => sent_context,
+    };
     render(&node.contexts, &key, &sent_context, response)
 }
 

@@ -1,11 +1,14 @@
 //! Runs simulated clusters: `dynamo-sim --seed 42` replays one seed; `dynamo-sim --seeds
 //! 10000` runs that many seeds (from `--start`), stopping at the first failure or after
-//! `--max-minutes`. `--grow` runs [`Scenario::grow_under_load`] instead of random faults.
+//! `--max-minutes`. `--grow` runs [`Scenario::grow_under_load`] instead of random faults;
+//! `--quorum 5/3/3`, `--workload set|append` and `--lww` pick the variant
+//! ([`Scenario::variant`]) that `node/tests/sim.rs` runs.
 
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use dynamo::sim::{Scenario, run};
+use dynamo::clock::ConflictMode;
+use dynamo::sim::{Scenario, Workload, run};
 
 #[derive(Parser)]
 #[command(
@@ -29,6 +32,37 @@ struct Args {
     /// other fault, and every read must see the writes acknowledged before it began.
     #[arg(long)]
     grow: bool,
+    /// Replication and quorums as N/R/W.
+    #[arg(long, default_value = "3/2/2", value_parser = parse_quorum)]
+    quorum: (usize, usize, usize),
+    /// What the clients do: registers (puts, deletes, gets), set or append.
+    #[arg(long, default_value = "registers", value_parser = parse_workload)]
+    workload: Workload,
+    /// Last-write-wins instead of siblings (checked with the weaker LWW property).
+    #[arg(long)]
+    lww: bool,
+}
+
+fn parse_quorum(s: &str) -> Result<(usize, usize, usize), String> {
+    let parts: Vec<usize> = s
+        .split('/')
+        .map(|p| p.parse().map_err(|e| format!("{p:?}: {e}")))
+        .collect::<Result<_, _>>()?;
+    match parts.as_slice() {
+        &[n, r, w] if r <= n && w <= n && r > 0 && w > 0 => Ok((n, r, w)),
+        _ => Err("expected N/R/W with 1 <= R, W <= N".into()),
+    }
+}
+
+fn parse_workload(s: &str) -> Result<Workload, String> {
+    match s {
+        "registers" => Ok(Workload::Registers),
+        "set" => Ok(Workload::Set),
+        "append" => Ok(Workload::ListAppend),
+        other => Err(format!(
+            "unknown workload {other:?} (registers, set, append)"
+        )),
+    }
 }
 
 fn main() {
@@ -43,7 +77,12 @@ fn main() {
         if args.grow {
             Scenario::grow_under_load(seed)
         } else {
-            Scenario::from_seed(seed)
+            let conflicts = if args.lww {
+                ConflictMode::Lww
+            } else {
+                ConflictMode::Siblings
+            };
+            Scenario::variant(seed, args.quorum, args.workload, conflicts)
         }
     };
     if let Some(seed) = args.seed {

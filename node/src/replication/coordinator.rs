@@ -2,6 +2,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+#[cfg(feature = "sim")]
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -22,11 +23,14 @@ use crate::rpc::{ErrorCode, RemoteError, Request, Response, RpcClient, RpcError}
 use crate::storage::{CoordinatedWrite, Durable, Hint, StorageError, Store};
 
 /// Switches that make the node deliberately wrong, so tests can show the simulation's
-/// checker catches such bugs. All off in production; nothing outside tests sets them.
+/// checker catches such bugs. They exist only with the `sim` feature, all off.
+#[cfg(feature = "sim")]
 #[derive(Debug, Default)]
 pub struct Faults {
     /// Acknowledge a write as soon as it is stored locally, before `W` replicas hold it.
     pub ack_writes_before_quorum: AtomicBool,
+    /// Answer a write with the coordinator's whole clock (see `api::kv`).
+    pub over_cover_write_contexts: AtomicBool,
 }
 
 pub struct Replicator {
@@ -77,6 +81,7 @@ impl Replicator {
             membership: s.membership,
             rpc: s.rpc,
             metrics: s.metrics,
+            #[cfg(feature = "sim")]
             faults: Arc::new(Faults::default()),
         })
     }
@@ -381,6 +386,7 @@ impl Replicator {
             object: &object,
             mode,
         };
+        #[cfg(feature = "sim")]
         if self.faults.ack_writes_before_quorum.load(Ordering::Relaxed) {
             let deadline = Instant::now() + self.config.request_timeout;
             self.spawn_deliveries(view, shipment, &targets, durable, deadline);

@@ -1,9 +1,9 @@
 //! What simulated clients did and saw: the complete history the checker judges.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use crate::clock::{ActorId, Dot, VersionVector};
+use crate::clock::{ActorId, Dot};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OpKind {
@@ -35,10 +35,35 @@ pub struct OpRecord {
     pub key: String,
     pub kind: OpKind,
     /// The context the client sent (writes only; `None` for a blind write).
-    pub sent_context: Option<VersionVector>,
+    pub sent_context: Option<SentContext>,
+    /// The opaque context a write's answer carried (for chaining the next write).
+    pub returned_context: Option<String>,
     pub start_ms: u64,
     pub end_ms: u64,
     pub outcome: OpOutcome,
+}
+
+/// A context a client sent with a write. The token is the store's and is never decoded:
+/// what it stands for, for the checker, is only what the client itself observed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SentContext {
+    /// The opaque `x-dynamo-context` value, as the store issued it.
+    pub token: String,
+    /// The versions the client observed that this context stands for: every version
+    /// (values and tombstones) the read it came from returned; for a context a write
+    /// answered with, what the context that write sent stood for plus the write's own
+    /// version.
+    pub observed: BTreeSet<Dot>,
+    /// Where the client got the token.
+    pub source: ContextSource,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContextSource {
+    /// From a read (GET).
+    Read,
+    /// From the answer to this client's own previous write on the key (a chained write).
+    OwnWrite,
 }
 
 /// The converged state of one key, read from every replica at the end.
@@ -46,7 +71,8 @@ pub struct OpRecord {
 pub struct FinalState {
     pub values: Vec<(Dot, String)>,
     pub tombstones: Vec<Dot>,
-    pub context: VersionVector,
+    /// Opaque; shown in traces only.
+    pub context: String,
 }
 
 #[derive(Debug, Default)]
@@ -89,7 +115,7 @@ impl History {
                     .map(|(d, v)| format!("{}={v}", dot(*d)))
                     .collect::<Vec<_>>(),
                 f.tombstones.iter().map(|d| dot(*d)).collect::<Vec<_>>(),
-                vv(&f.context)
+                short(&f.context)
             ));
         }
         out.join("\n")
@@ -100,12 +126,19 @@ pub fn dot(d: Dot) -> String {
     format!("{:x}.{}", d.actor.0 & 0xffff, d.counter)
 }
 
-pub fn vv(v: &VersionVector) -> String {
-    let parts: Vec<String> = v
-        .iter()
-        .map(|(a, c)| format!("{:x}:{c}", a.0 & 0xffff))
-        .collect();
-    format!("[{}]", parts.join(" "))
+/// An opaque context token, shortened for traces.
+pub fn short(token: &str) -> String {
+    let head: String = token.chars().take(12).collect();
+    if head.len() < token.len() {
+        format!("{head}…")
+    } else {
+        head
+    }
+}
+
+fn dots<'a>(ds: impl IntoIterator<Item = &'a Dot>) -> String {
+    let parts: Vec<String> = ds.into_iter().map(|d| dot(*d)).collect();
+    format!("{{{}}}", parts.join(" "))
 }
 
 impl fmt::Display for OpRecord {
@@ -115,10 +148,17 @@ impl fmt::Display for OpRecord {
             OpKind::Delete => "delete".to_string(),
             OpKind::Get => "get".to_string(),
         };
-        let ctx = self
-            .sent_context
-            .as_ref()
-            .map_or(String::new(), |c| format!(" ctx {}", vv(c)));
+        let ctx = self.sent_context.as_ref().map_or(String::new(), |c| {
+            let from = match c.source {
+                ContextSource::Read => "read",
+                ContextSource::OwnWrite => "own write",
+            };
+            format!(
+                " ctx {} (from {from}, observed {})",
+                short(&c.token),
+                dots(&c.observed)
+            )
+        });
         let outcome = match &self.outcome {
             OpOutcome::Written { version } => format!("ok version {}", dot(*version)),
             OpOutcome::Read { values, tombstones } => format!(

@@ -32,13 +32,15 @@ use parking_lot::Mutex;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::clock::VersionVector;
+use crate::clock::{ConflictMode, Dot};
 use crate::config::{ClusterSettings, FailureDetector, NodeConfig};
 use crate::env::Env;
 use crate::node::Node;
 use crate::ring::{MemberId, Ring, RingMember};
 use crate::storage::MemoryEngine;
-use history::{FinalState, History, OpKind, OpOutcome, OpRecord, parse_dot};
+use history::{
+    ContextSource, FinalState, History, OpKind, OpOutcome, OpRecord, SentContext, parse_dot,
+};
 use net::{SimClock, SimNetwork, SimReply, http};
 
 const TOKEN: &str = "simulation-cluster-token";
@@ -65,13 +67,43 @@ pub struct Scenario {
     pub converge_within: Duration,
     /// Make every member acknowledge writes before their quorum (a deliberate bug).
     pub bug_ack_before_quorum: bool,
+    /// A deliberate bug for the checker's mutation test: a write answers with the
+    /// coordinator's whole clock instead of what the request's context covered plus the
+    /// new version, so a writer chaining it deletes siblings it never saw.
+    pub bug_over_cover_write_contexts: bool,
     /// Faults at fixed times instead of random ones: (start after the cluster is ready,
     /// duration, fault), in milliseconds.
     pub scripted: Option<Vec<(u64, u64, Fault)>>,
     /// Also check that every read sees the writes acknowledged before it began
     /// ([`checker::check_fresh_reads`]); only for runs whose faults are joins and leaves.
     pub check_fresh_reads: bool,
+    /// What the clients do.
+    pub mix: Workload,
+    /// Siblings, or last-write-wins (a cluster setting; checked by [`checker::check_lww`]).
+    pub conflicts: ConflictMode,
+    /// Clients sometimes write with the context their own previous write on the key
+    /// answered with (a chained write), as docs/api.md invites.
+    pub chain_write_contexts: bool,
 }
+
+/// What simulated clients do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// Puts (after a read, blind, with a stale or chained context), deletes and gets on a
+    /// few hot keys.
+    Registers,
+    /// Jepsen's set: every client adds keys of its own (blind puts of unique keys); the
+    /// final reads must hold every acknowledged add.
+    Set,
+    /// Jepsen's list append: a client reads a key, unions the siblings' elements, appends
+    /// an element of its own and writes with the read's context; every acknowledged
+    /// element must be in the final siblings.
+    ListAppend,
+}
+
+/// The N/R/W variants the seeds cycle through (see [`Scenario::variant`]).
+pub const QUORUM_VARIANTS: [(usize, usize, usize); 4] =
+    [(3, 2, 2), (3, 1, 1), (5, 3, 3), (3, 3, 1)];
 
 impl Scenario {
     /// A scenario drawn from the seed: 3-5 members, up to 2 joiners, a varied workload and
@@ -92,9 +124,31 @@ impl Scenario {
             faults: rng.random_range(2..=8),
             converge_within: Duration::from_secs(240),
             bug_ack_before_quorum: false,
+            bug_over_cover_write_contexts: false,
             scripted: None,
             check_fresh_reads: false,
+            mix: Workload::Registers,
+            conflicts: ConflictMode::Siblings,
+            chain_write_contexts: true,
         }
+    }
+
+    /// [`Scenario::from_seed`] with quorums `(n, r, w)` (at least N members), a workload
+    /// and a conflict mode.
+    pub fn variant(
+        seed: u64,
+        (n, r, w): (usize, usize, usize),
+        mix: Workload,
+        conflicts: ConflictMode,
+    ) -> Scenario {
+        let mut s = Scenario::from_seed(seed);
+        s.n = n;
+        s.r = r;
+        s.w = w;
+        s.initial_members = s.initial_members.max(n);
+        s.mix = mix;
+        s.conflicts = conflicts;
+        s
     }
 }
 
@@ -119,11 +173,15 @@ impl Scenario {
             faults: 0,
             converge_within: Duration::from_secs(240),
             bug_ack_before_quorum: false,
+            bug_over_cover_write_contexts: false,
             scripted: Some(vec![
                 (1_000, 0, Fault::Join { node: 3 }),
                 (1_000, 0, Fault::Join { node: 4 }),
             ]),
             check_fresh_reads: true,
+            mix: Workload::Registers,
+            conflicts: ConflictMode::Siblings,
+            chain_write_contexts: true,
         }
     }
 }
@@ -225,6 +283,7 @@ fn node_config(s: &Scenario, i: usize, bootstrap: bool, all_initial: usize) -> N
         n: s.n,
         r: s.r,
         w: s.w,
+        conflicts: s.conflicts,
         ..Default::default()
     };
     c.gossip_interval = Duration::from_millis(500);
@@ -284,8 +343,8 @@ fn plan_faults(s: &Scenario, rng: &mut ChaCha8Rng, start_ms: u64) -> Vec<Planned
                 wipe: false,
             },
             // At most one disk wipe per run: two lost replicas of one partition can lose
-            // acknowledged data in any system with N = 3 and W = 2.
-            7 if !wiped => {
+            // acknowledged data in any system with N = 3 and W = 2; with W = 1 one can.
+            7 if !wiped && s.w > 1 => {
                 wiped = true;
                 Fault::Crash {
                     node: a,
@@ -378,6 +437,12 @@ pub fn run(s: &Scenario) -> Result<Report, Failure> {
                 let node = Node::start(config, env, Arc::new(engine))
                     .await
                     .map_err(|e| e.to_string())?;
+                if scenario.bug_over_cover_write_contexts {
+                    node.replicator
+                        .faults
+                        .over_cover_write_contexts
+                        .store(true, Ordering::Relaxed);
+                }
                 if scenario.bug_ack_before_quorum {
                     node.replicator
                         .faults
@@ -563,7 +628,13 @@ pub fn run(s: &Scenario) -> Result<Report, Failure> {
     let simulated_ms = sim.elapsed().as_millis() as u64;
     match converged {
         Some(Ok(after)) => {
-            let mut violations = checker::check(&history);
+            let mut violations = match s.conflicts {
+                ConflictMode::Siblings => checker::check(&history),
+                ConflictMode::Lww => checker::check_lww(&history),
+            };
+            if s.mix == Workload::ListAppend {
+                violations.extend(checker::check_list_appends(&history));
+            }
             if s.check_fresh_reads {
                 violations.extend(checker::check_fresh_reads(&history));
             }
@@ -815,26 +886,12 @@ async fn wait_settled(shared: &Shared, members: usize, n: usize) {
     }
 }
 
-/// A read's values, tombstones and context.
-type ReadState = (
-    Vec<(crate::clock::Dot, String)>,
-    Vec<crate::clock::Dot>,
-    VersionVector,
-);
+/// A read's values, tombstones and (opaque) context.
+type ReadState = (Vec<(Dot, String)>, Vec<Dot>, String);
 
-/// The simulated members' context signer: the checker reads contexts (see issue 32 for
-/// why it should not).
-fn contexts() -> crate::api::context::ContextCodec {
-    crate::api::context::ContextCodec::new(&[TOKEN.as_bytes().to_vec()])
-}
-
-fn parse_read(r: &SimReply, key: &str) -> Option<ReadState> {
-    let context = r
-        .header("x-dynamo-context")
-        .map_or(Ok(VersionVector::new()), |h| {
-            contexts().decode(key.as_bytes(), h)
-        })
-        .ok()?;
+fn parse_read(r: &SimReply) -> Option<ReadState> {
+    // Opaque: the simulator never decodes a context, it only sends it back.
+    let context = r.header("x-dynamo-context").unwrap_or("").to_string();
     match r.status.as_u16() {
         200 => {
             let versions = r.header("x-dynamo-versions").unwrap_or("");
@@ -887,12 +944,33 @@ fn parse_read(r: &SimReply, key: &str) -> Option<ReadState> {
 async fn run_client(shared: &Shared, s: &Scenario, c: usize, stop_at: u64) {
     let mut rng =
         ChaCha8Rng::seed_from_u64(s.seed.wrapping_add(1 + c as u64).wrapping_mul(0x9e37_79b9));
-    let mut last_context: BTreeMap<String, VersionVector> = BTreeMap::new();
+    match (s.mix, s.conflicts) {
+        (_, ConflictMode::Lww) => run_lww_client(shared, s, c, stop_at, &mut rng).await,
+        (Workload::Registers, _) => run_register_client(shared, s, c, stop_at, &mut rng).await,
+        (Workload::Set, _) => run_set_client(shared, s, c, stop_at, &mut rng).await,
+        (Workload::ListAppend, _) => run_append_client(shared, s, c, stop_at, &mut rng).await,
+    }
+}
+
+fn pick_member(shared: &Shared, rng: &mut ChaCha8Rng) -> String {
+    let active = shared.active.lock().clone();
+    host(active[rng.random_range(0..active.len())])
+}
+
+async fn run_register_client(
+    shared: &Shared,
+    s: &Scenario,
+    c: usize,
+    stop_at: u64,
+    rng: &mut ChaCha8Rng,
+) {
+    // The context this client holds per key: from its last read, or, when writes are
+    // chained, from its last acknowledged write.
+    let mut last_context: BTreeMap<String, SentContext> = BTreeMap::new();
     let mut seq = 0u64;
     while now_ms() < stop_at {
         let key = format!("key{}", rng.random_range(0..s.keys));
-        let active = shared.active.lock().clone();
-        let node = host(active[rng.random_range(0..active.len())]);
+        let node = pick_member(shared, rng);
         let roll = rng.random_range(0..100);
         let read_first = roll < 45 || (55..65).contains(&roll);
         let mut context = None;
@@ -903,8 +981,9 @@ async fn run_client(shared: &Shared, s: &Scenario, c: usize, stop_at: u64) {
                 context = Some(ctx);
             }
         }
-        if roll < 45 || (65..80).contains(&roll) {
-            // A read-modify-write, or a write with this client's possibly stale context.
+        let written = if roll < 45 || (65..80).contains(&roll) {
+            // A read-modify-write, or a write with this client's possibly stale (or
+            // chained) context.
             let ctx = if roll < 45 {
                 context
             } else {
@@ -912,26 +991,117 @@ async fn run_client(shared: &Shared, s: &Scenario, c: usize, stop_at: u64) {
             };
             seq += 1;
             let value = format!("c{c}-{seq}");
-            write(shared, c, &node, &key, Some(value), ctx).await;
+            write(shared, c, &node, &key, Some(value), ctx).await
         } else if roll < 55 {
             seq += 1;
-            write(shared, c, &node, &key, Some(format!("c{c}-{seq}")), None).await;
+            write(shared, c, &node, &key, Some(format!("c{c}-{seq}")), None).await
         } else if roll < 65 && context.is_some() {
-            // A delete without a context deletes what the coordinator reads, which this
-            // checker cannot see; only deletes with a read's context are sent.
-            write(shared, c, &node, &key, None, context).await;
+            // A delete without a context deletes what the coordinator reads, which no
+            // client saw; only deletes with a read's context are sent.
+            write(shared, c, &node, &key, None, context).await
+        } else {
+            None
+        };
+        if s.chain_write_contexts
+            && let Some(chained) = written
+        {
+            last_context.insert(key.clone(), chained);
         }
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..80))).await;
     }
 }
 
+/// Adds keys of its own, each once, and now and then reads one back. Bounded: at most
+/// 40 adds per client.
+async fn run_set_client(
+    shared: &Shared,
+    _s: &Scenario,
+    c: usize,
+    stop_at: u64,
+    rng: &mut ChaCha8Rng,
+) {
+    let mut added = 0u64;
+    while now_ms() < stop_at && added < 40 {
+        let node = pick_member(shared, rng);
+        if added > 0 && rng.random_range(0..4) == 0 {
+            let key = format!("set-c{c}-{}", rng.random_range(0..added));
+            get(shared, c, &node, &key, "").await;
+        } else {
+            let key = format!("set-c{c}-{added}");
+            added += 1;
+            write(shared, c, &node, &key, Some(format!("c{c}-{added}")), None).await;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(50..400))).await;
+    }
+}
+
+/// Reads a key, unions the siblings' elements, appends an element of its own and writes
+/// the list back with the read's context.
+async fn run_append_client(
+    shared: &Shared,
+    s: &Scenario,
+    c: usize,
+    stop_at: u64,
+    rng: &mut ChaCha8Rng,
+) {
+    let mut seq = 0u64;
+    while now_ms() < stop_at {
+        let key = format!("list{}", rng.random_range(0..s.keys.min(3)));
+        let node = pick_member(shared, rng);
+        let (context, state) = get(shared, c, &node, &key, "").await;
+        if let Some(state) = state {
+            let mut elements: BTreeSet<String> = BTreeSet::new();
+            for (_, value) in &state.values {
+                elements.extend(checker::list_elements(value).map(str::to_string));
+            }
+            seq += 1;
+            let own = format!("c{c}e{seq}");
+            let mut list: Vec<String> = elements.into_iter().collect();
+            list.push(own);
+            write(shared, c, &node, &key, Some(list.join(",")), context).await;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..120))).await;
+    }
+}
+
+/// Last-write-wins: blind puts, deletes and reads (contexts mean nothing there).
+async fn run_lww_client(
+    shared: &Shared,
+    s: &Scenario,
+    c: usize,
+    stop_at: u64,
+    rng: &mut ChaCha8Rng,
+) {
+    let mut seq = 0u64;
+    while now_ms() < stop_at {
+        let key = format!("key{}", rng.random_range(0..s.keys));
+        let node = pick_member(shared, rng);
+        match rng.random_range(0..10) {
+            0..=4 => {
+                seq += 1;
+                write(shared, c, &node, &key, Some(format!("c{c}-{seq}")), None).await;
+            }
+            5 => {
+                let (ctx, _) = get(shared, c, &node, &key, "").await;
+                write(shared, c, &node, &key, None, ctx).await;
+            }
+            _ => {
+                get(shared, c, &node, &key, "").await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..80))).await;
+    }
+}
+
+/// Reads `key`; the context the client would send after this read (none when the key was
+/// never written), and what the read returned.
 async fn get(
     shared: &Shared,
     c: usize,
     node: &str,
     key: &str,
     query: &str,
-) -> (Option<VersionVector>, Option<FinalState>) {
+) -> (Option<SentContext>, Option<FinalState>) {
     let start = now_ms();
     let r = http(
         &format!("{node}:{HTTP_PORT}"),
@@ -943,19 +1113,30 @@ async fn get(
     )
     .await;
     let (outcome, ctx, state) = match &r {
-        Ok(reply) => match parse_read(reply, key) {
-            Some((values, tombstones, context)) => (
-                OpOutcome::Read {
-                    values: values.clone(),
-                    tombstones: tombstones.clone(),
-                },
-                Some(context.clone()),
-                Some(FinalState {
-                    values,
-                    tombstones,
-                    context,
-                }),
-            ),
+        Ok(reply) => match parse_read(reply) {
+            Some((values, tombstones, context)) => {
+                let sent = (!context.is_empty()).then(|| SentContext {
+                    token: context.clone(),
+                    observed: values
+                        .iter()
+                        .map(|(d, _)| *d)
+                        .chain(tombstones.iter().copied())
+                        .collect(),
+                    source: ContextSource::Read,
+                });
+                (
+                    OpOutcome::Read {
+                        values: values.clone(),
+                        tombstones: tombstones.clone(),
+                    },
+                    sent,
+                    Some(FinalState {
+                        values,
+                        tombstones,
+                        context,
+                    }),
+                )
+            }
             None => (
                 OpOutcome::Failed {
                     status: reply.status.as_u16(),
@@ -975,6 +1156,7 @@ async fn get(
         key: key.to_string(),
         kind: OpKind::Get,
         sent_context: None,
+        returned_context: None,
         start_ms: start,
         end_ms: end,
         outcome,
@@ -982,18 +1164,21 @@ async fn get(
     (ctx, state)
 }
 
+/// Writes `value` (a delete for `None`). For an acknowledged write that answered with a
+/// context: that context as the client models it, what the sent context stood for plus
+/// the write's own version.
 async fn write(
     shared: &Shared,
     c: usize,
     node: &str,
     key: &str,
     value: Option<String>,
-    context: Option<VersionVector>,
-) {
+    context: Option<SentContext>,
+) -> Option<SentContext> {
     let start = now_ms();
     let headers: Vec<(&str, String)> = context
         .iter()
-        .map(|ctx| ("x-dynamo-context", contexts().encode(key.as_bytes(), ctx)))
+        .map(|ctx| ("x-dynamo-context", ctx.token.clone()))
         .collect();
     let (method, body) = match &value {
         Some(v) => (Method::PUT, Bytes::from(v.clone())),
@@ -1008,8 +1193,10 @@ async fn write(
         Duration::from_secs(4),
     )
     .await;
+    let mut returned_context = None;
     let outcome = match r {
         Ok(reply) if reply.status.as_u16() == 204 => {
+            returned_context = reply.header("x-dynamo-context").map(str::to_string);
             match reply.header("x-dynamo-version").and_then(parse_dot) {
                 Some(version) => OpOutcome::Written { version },
                 None => OpOutcome::Failed {
@@ -1027,6 +1214,21 @@ async fn write(
         },
         Err(e) => OpOutcome::Unknown { detail: e },
     };
+    let chained = match (&outcome, &returned_context) {
+        (OpOutcome::Written { version }, Some(token)) => {
+            let mut observed = context
+                .as_ref()
+                .map(|c| c.observed.clone())
+                .unwrap_or_default();
+            observed.insert(*version);
+            Some(SentContext {
+                token: token.clone(),
+                observed,
+                source: ContextSource::OwnWrite,
+            })
+        }
+        _ => None,
+    };
     let kind = match value {
         Some(value) => OpKind::Put { value },
         None => OpKind::Delete,
@@ -1039,10 +1241,12 @@ async fn write(
         key: key.to_string(),
         kind,
         sent_context: context,
+        returned_context,
         start_ms: start,
         end_ms: end,
         outcome,
     });
+    chained
 }
 
 /// Waits until every active member agrees on a settled, balanced, spaced ring, no hints
@@ -1179,11 +1383,18 @@ async fn converged_now(shared: &Shared, s: &Scenario) -> Result<(), String> {
     Ok(())
 }
 
-/// Reads every key from all replicas (r = N) once the cluster has converged.
+/// Reads every key a client touched from all replicas (r = N) once the cluster has
+/// converged.
 async fn final_reads(shared: &Shared, s: &Scenario) {
     let via = host(shared.active.lock().first().copied().unwrap_or(0));
-    for k in 0..s.keys {
-        let key = format!("key{k}");
+    let keys: BTreeSet<String> = shared
+        .history
+        .lock()
+        .ops
+        .iter()
+        .map(|o| o.key.clone())
+        .collect();
+    for key in keys {
         for _ in 0..20 {
             let (_, state) = get(shared, usize::MAX, &via, &key, &format!("?r={}", s.n)).await;
             if let Some(state) = state {
