@@ -43,7 +43,10 @@ cd "$REPO_ROOT"
 # The CRD and the example manifest as users apply them: through kubectl, whose YAML 1.1
 # parser turns a bare `n:` key into `false`.
 k apply --server-side -f crds/dynamocluster.yaml >/dev/null
-k wait --for=condition=Established --timeout=60s crd/dynamoclusters.dynamo.dev >/dev/null
+# Retried: kubectl wait fails at once ("accessor error: <nil>") while a CRD created a moment
+# ago has no status conditions yet, instead of waiting for them.
+wait_for 60 "the CRD to be established" -- \
+  k wait --for=condition=Established --timeout=5s crd/dynamoclusters.dynamo.dev
 n_type="$(k get crd dynamoclusters.dynamo.dev -o jsonpath='{.spec.versions[0].schema.openAPIV3Schema.properties.spec.properties.replication.properties.n.type}')"
 [ "$n_type" = integer ] || { echo "replication.n did not survive kubectl apply of the CRD (got '$n_type')" >&2; exit 1; }
 k apply --dry-run=server -f e2e/manifests/dynamocluster.yaml >/dev/null

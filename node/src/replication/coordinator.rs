@@ -43,6 +43,7 @@ pub struct Replicator {
     pub(super) membership: Arc<Membership>,
     pub(super) rpc: RpcClient,
     pub(super) metrics: Metrics,
+    #[cfg(feature = "sim")]
     pub faults: Arc<Faults>,
 }
 

@@ -63,7 +63,10 @@ fn by_key(history: &History) -> BTreeMap<&str, Vec<&OpRecord>> {
 }
 
 /// The versions a read returned.
-fn returned(op: &OpRecord) -> Option<(&[(Dot, String)], &[Dot])> {
+/// A read's values (with their versions) and tombstones.
+type Returned<'a> = (&'a [(Dot, String)], &'a [Dot]);
+
+fn returned(op: &OpRecord) -> Option<Returned<'_>> {
     match &op.outcome {
         OpOutcome::Read { values, tombstones } => Some((values, tombstones)),
         _ => None,
@@ -320,11 +323,11 @@ pub fn check(history: &History) -> Vec<Violation> {
             else {
                 continue;
             };
-            if present.contains(&version) {
+            if present.contains(version) {
                 continue;
             }
             let justified = m.ops.iter().any(|x| {
-                m.superseded_by(x).contains(&version)
+                m.superseded_by(x).contains(version)
                     && (x.kind == OpKind::Delete
                         || m.version_of.get(&x.id).is_some_and(|v| present.contains(v)))
             });
