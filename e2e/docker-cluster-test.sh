@@ -208,7 +208,7 @@ step "all 3 members agree on a settled ring" \
 resolve_check() {
   docker run --rm --network "$NET" --dns-search "$DNS_DOMAIN" --dns-opt ndots:5 \
     --read-only --cap-drop ALL --entrypoint /dynamo "$IMAGE" \
-    members -e "$(dns_name "${MEMBERS[1]}"):8080" --token "$TOKEN" >"$WORK/members.json" 2>"$WORK/members.err" \
+    members -o json -e "$(dns_name "${MEMBERS[1]}"):8080" --token "$TOKEN" >"$WORK/members.json" 2>"$WORK/members.err" \
     || { cat "$WORK/members.err" >&2; return 1; }
   [ "$(jq -r '[.members[] | select(.status == "up")] | length' "$WORK/members.json")" = 3 ] \
     && jq -e --arg a "$(dns_name "${MEMBERS[2]}"):7070" '[.members[].peerAddr] | index($a)' "$WORK/members.json" >/dev/null

@@ -541,9 +541,9 @@ def run(args, work: Path, procs: Processes) -> bool:
     def token() -> str | None:
         if dev.poll() is not None:
             raise Failure(f"dynamo dev exited with {dev.returncode}")
-        m = re.search(r"admin token: (\S+)", dev_out.read_text(errors="replace"))
+        m = re.search(r"DYNAMO_TOKEN=(\S+)", dev_out.read_text(errors="replace"))
         return m.group(1) if m else None
-    tok = wait_for("dynamo dev to print the admin token (cluster settled)", 120, token, 0.5)
+    tok = wait_for("dynamo dev to print its DYNAMO_TOKEN export (cluster settled)", 120, token, 0.5)
     addrs = [f"127.0.0.1:{base + i}" for i in range(3)]
     log(f"dynamo dev is up: {', '.join(addrs)}")
 
