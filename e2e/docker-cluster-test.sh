@@ -211,7 +211,7 @@ resolve_check() {
     members -o json -e "$(dns_name "${MEMBERS[1]}"):8080" --token "$TOKEN" >"$WORK/members.json" 2>"$WORK/members.err" \
     || { cat "$WORK/members.err" >&2; return 1; }
   [ "$(jq -r '[.members[] | select(.status == "up")] | length' "$WORK/members.json")" = 3 ] \
-    && jq -e --arg a "$(dns_name "${MEMBERS[2]}"):7070" '[.members[].peerAddr] | index($a)' "$WORK/members.json" >/dev/null
+    && jq -e --arg a "$(dns_name "${MEMBERS[2]}"):7070" '[.members[].peer_addr] | index($a)' "$WORK/members.json" >/dev/null
 }
 step "the image resolves $(dns_name "${MEMBERS[1]}") (search $DNS_DOMAIN) and sees 3 members up" resolve_check
 log "ring: $(admin GET "${MEMBERS[0]}" /v1/cluster/ring | jq -c '{epoch, members: [.members[] | {id, partitions}], balance}')"
